@@ -1,0 +1,216 @@
+"""Command line: ``python -m harness {list,run,score,show} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from tabulate import tabulate
+
+from harness.registry import UnknownNameError
+from harness.runner import RunError, RunOptions, evaluate, find_records, rescore
+from harness.scoring import JudgeSpec
+from harness.systems import SystemConfigError, SystemRegistry
+from harness.systems.predictions import PredictionsFileError
+from harness.tasks import TaskConfigError, TaskRegistry
+from harness.tasks.sources import DatasetUnavailableError
+
+log = logging.getLogger("harness")
+
+# Errors a user can fix from the message alone: shown without a traceback.
+_USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError,
+                DatasetUnavailableError, FileNotFoundError, FileExistsError)
+
+
+def parse_key_values(text: str | None) -> dict[str, Any]:
+    """``a=1,b=x`` -> {"a": 1, "b": "x"}; values are read as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemConfigError(f"--system-args: expected key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def parse_limit(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _add_judge_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--judge", metavar="MODEL", help="LLM judge for open answers (GQA); default: exact match")
+    parser.add_argument("--judge-base-url", metavar="URL", help="OpenAI-compatible endpoint of the judge")
+    parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                        help="environment variable holding the judge's API key (default: %(default)s)")
+
+
+def _judge_spec(args: argparse.Namespace) -> JudgeSpec | None:
+    if args.judge is None:
+        return None
+    return JudgeSpec(model=args.judge, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list tasks or systems")
+    p.add_argument("what", choices=["tasks", "systems"])
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="extra folder of task or system YAML files")
+
+    p = sub.add_parser("run", help="evaluate a system on tasks")
+    p.add_argument("--system", required=True, help="a system name (see `list systems`)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names, a tag, or 'all' (the paper's eight)")
+    p.add_argument("--limit", type=parse_limit, metavar="N",
+                   help="only the first N samples per task (a fraction when below 1)")
+    p.add_argument("--output-path", type=Path, metavar="DIR",
+                   help="run directory (default: results/runs/<system>-<time>)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-path")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="local copies of the datasets, as DIR/<hub id>/... (default: $HARNESS_DATA_DIR)")
+    p.add_argument("--predictions", metavar="FILE", help="JSONL answers for the predictions system")
+    p.add_argument("--system-args", metavar="K=V,...", help="override parameters of the system file")
+    p.add_argument("--log-samples", action="store_true",
+                   help="also keep bulky per-sample traces (prompts, program stdout) in the records")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="extra folder of task or system YAML files")
+    _add_judge_args(p)
+
+    p = sub.add_parser("score", help="score a run's saved predictions again (no model is run)")
+    p.add_argument("run_dir", type=Path)
+    _add_judge_args(p)
+
+    p = sub.add_parser("show", help="show one sample of a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("sample_id")
+    p.add_argument("--task", help="which task, when several have this id")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    return parser
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    rows = []
+    for task, r in results["results"].items():
+        metric = next(iter(results["higher_is_better"][task]))
+        ci = r.get(f"{metric}_ci95,strict")
+        failed = sum(n for status, n in r["status_counts"].items() if status != "ok")
+        rows.append([
+            task, r["n"], _fmt(r.get(f"{metric},strict")),
+            "-" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
+            _fmt(r.get(f"{metric},compat")), failed, r["parse_counts"].get("unparsable", 0),
+        ])
+    headers = ["task", "n", "strict", "95% CI", "paper-compat", "failed", "unparsable"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "tasks":
+        registry = TaskRegistry(args.include_path)
+        rows = []
+        for name in registry.names():
+            c = registry.config(name)
+            parts = ", ".join(p.label for p in c.dataset.parts)
+            subset = f" rows {c.rows[0]}-{c.rows[1] - 1}" if c.rows else ""
+            rows.append([name, ",".join(c.tags), f"{c.dataset.path} [{parts}]{subset}",
+                         c.size if c.size is not None else "?",
+                         "per row" if c.fields.answer_type else c.answer_type, c.metric, c.compat or "-"])
+        print(tabulate(rows, headers=["task", "tags", "source", "size", "answers", "metric", "paper-compat"],
+                       tablefmt="github"))
+    else:
+        registry = SystemRegistry(args.include_path)
+        rows = [[n, registry.config(n).kind, registry.config(n).description] for n in registry.names()]
+        print(tabulate(rows, headers=["system", "kind", "description"], tablefmt="github"))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    tasks = TaskRegistry(args.include_path)
+    systems = SystemRegistry(args.include_path)
+    system_args = parse_key_values(args.system_args)
+    if args.predictions:
+        system_args["path"] = args.predictions
+    output = args.output_path or Path("results") / "runs" / f"{args.system}-{datetime.now():%Y%m%d-%H%M%S}"
+    options = RunOptions(
+        system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
+        limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
+        log_samples=args.log_samples, judge=_judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
+    )
+    systems.config(options.system)  # fail on an unknown system before any data is read
+    results = evaluate(options, tasks, systems)
+    print(results_table(results))
+    print(f"\nrun directory: {output}")
+    for task, error in results["errors"].items():
+        print(f"error in {task}: {error}", file=sys.stderr)
+    return 1 if results["errors"] else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    results = rescore(args.run_dir, _judge_spec(args))
+    print(results_table(results))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    records = find_records(args.run_dir, args.sample_id, args.task)
+    if not records:
+        print(f"no sample {args.sample_id!r} in {args.run_dir}", file=sys.stderr)
+        return 1
+    if len(records) > 1 and not args.json:
+        tasks = ", ".join(r["task"] for r in records)
+        print(f"sample {args.sample_id!r} exists in tasks {tasks}; pass --task", file=sys.stderr)
+        return 1
+    for record in records:
+        if args.json:
+            print(json.dumps(record, indent=2, ensure_ascii=False))
+            continue
+        scores = record.get("scores") or {}
+        lines = [
+            f"task:        {record['task']}" + (f" ({record['subset']})" if record.get("subset") else ""),
+            f"sample:      {record['id']}",
+            f"question:    {record['question']}",
+        ]
+        if record.get("choices"):
+            lines.append(f"choices:     {record['choices']}")
+        lines += [
+            f"gold:        {record.get('gold')!r}   ({record['answer_type']})",
+            f"prediction:  {record.get('prediction')!r}" + (f"   -> read as {record['extracted']!r}"
+                                                             if record.get("extracted") is not None else ""),
+            f"status:      {record['status']}" + (f"   parse: {record['parse']}" if record.get("parse") else ""),
+            f"score:       strict {scores.get('strict')}   paper-compat {scores.get('compat')}",
+        ]
+        for key in ("plan", "program", "raw", "detail"):
+            if record.get(key):
+                lines += [f"{key}:", *("    " + line for line in str(record[key]).splitlines())]
+        if record.get("tool_calls"):
+            lines.append(f"tool calls:  {len(record['tool_calls'])}")
+            lines += [f"    {json.dumps(call, ensure_ascii=False)[:300]}" for call in record["tool_calls"]]
+        print("\n".join(lines))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    command = {"list": cmd_list, "run": cmd_run, "score": cmd_score, "show": cmd_show}[args.command]
+    try:
+        return command(args)
+    except _USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,155 @@
+"""Per-task summaries and the run's results file.
+
+The results file follows the layout of lm-evaluation-harness's results files
+(``results``, ``configs``, ``versions``, ``n-samples``, ``higher_is_better``,
+``config``, ``git_hash``, ``task_hashes``) so existing tooling can read it.
+Metric keys are ``"<metric>,<scoring>"`` with scoring ``strict`` or ``compat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.stats import MeanAccumulator, ci95
+
+SCORINGS = ("strict", "compat")
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+_HASH_MOD = 1 << 256
+
+
+def samples_file(run_dir: Path, task: str) -> Path:
+    return run_dir / f"samples_{task}.jsonl"
+
+
+def sample_hash(record: dict) -> int:
+    blob = json.dumps([record["id"], record["question"], record.get("gold")], ensure_ascii=False, default=str)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest(), "big")
+
+
+@dataclass
+class TaskSummary:
+    """Streaming summary of one task's records."""
+
+    clustered: bool
+    scores: dict[str, MeanAccumulator] = field(default_factory=lambda: {s: MeanAccumulator() for s in SCORINGS})
+    subsets: dict[str, dict[str, MeanAccumulator]] = field(default_factory=dict)
+    status: Counter = field(default_factory=Counter)
+    parse: Counter = field(default_factory=Counter)
+    judges: Counter = field(default_factory=Counter)
+    sample_set_hash: int = 0  # order-independent: the sum of per-sample hashes
+    scored: int = 0
+    n: int = 0
+
+    def add(self, record: dict) -> None:
+        self.n += 1
+        self.status[record["status"]] += 1
+        self.parse[record.get("parse") or "none"] += 1
+        self.sample_set_hash = (self.sample_set_hash + sample_hash(record)) % _HASH_MOD
+        if record.get("judge"):
+            self.judges[record["judge"]["name"]] += 1
+        scores = record.get("scores") or {}
+        if scores.get("strict") is None:
+            return
+        self.scored += 1
+        cluster = record.get("cluster") if self.clustered else None
+        subset = self.subsets.setdefault(record.get("subset") or "", {s: MeanAccumulator() for s in SCORINGS})
+        for scoring in SCORINGS:
+            self.scores[scoring].add(float(scores[scoring]), cluster)
+            subset[scoring].add(float(scores[scoring]))
+
+    def to_dict(self, metric: str = "accuracy") -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n, "n_scored": self.scored}
+        for scoring, acc in self.scores.items():
+            se = acc.clustered_stderr if self.clustered else acc.stderr
+            out[f"{metric},{scoring}"] = acc.mean
+            out[f"{metric}_stderr,{scoring}"] = acc.stderr
+            if self.clustered:
+                out[f"{metric}_clustered_stderr,{scoring}"] = acc.clustered_stderr
+            out[f"{metric}_ci95,{scoring}"] = ci95(acc.mean, se)
+        out["status_counts"] = dict(sorted(self.status.items()))
+        out["parse_counts"] = dict(sorted(self.parse.items()))
+        if self.judges:
+            out["judges"] = dict(self.judges)
+        if len(self.subsets) > 1:
+            out["subsets"] = {
+                name: {"n": accs["strict"].n, **{f"{metric},{s}": accs[s].mean for s in SCORINGS}}
+                for name, accs in sorted(self.subsets.items())
+            }
+        return out
+
+
+def summarize_records(records: Iterable[dict], clustered: bool) -> TaskSummary:
+    summary = TaskSummary(clustered=clustered)
+    for record in records:
+        summary.add(record)
+    return summary
+
+
+def git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    packages = {}
+    for name in ("valor-harness", "numpy", "datasets", "huggingface-hub", "pillow", "torch", "transformers", "openai"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_results(run: dict[str, Any], summaries: dict[str, TaskSummary]) -> dict[str, Any]:
+    """The results file from the run description (run.json) and the task summaries."""
+    configs = run["task_configs"]
+    task_meta = run.get("task_meta", {})
+    results, n_samples, hashes = {}, {}, {}
+    for task, summary in summaries.items():
+        metric = configs[task].get("metric", "accuracy")
+        results[task] = {"alias": task, **summary.to_dict(metric)}
+        n_samples[task] = {"original": task_meta.get(task, {}).get("size"), "effective": summary.n}
+        hashes[task] = {"config": task_meta.get(task, {}).get("fingerprint"),
+                        "samples": f"{summary.sample_set_hash:064x}"}
+    return {
+        "results": results,
+        "groups": {},
+        "configs": {t: configs[t] for t in summaries},
+        "versions": {t: configs[t].get("version") for t in summaries},
+        "n-samples": n_samples,
+        "higher_is_better": {t: {configs[t].get("metric", "accuracy"): True} for t in summaries},
+        "config": {k: run.get(k) for k in ("system", "system_config", "tasks", "limit", "seed", "judge")},
+        "task_hashes": hashes,
+        "task_revisions": {t: task_meta.get(t, {}).get("revision") for t in summaries},
+        "errors": run.get("errors", {}),
+        "git_hash": run.get("git_hash"),
+        "date": now_iso(),
+        "started": run.get("started"),
+        "environment": run.get("environment"),
+    }

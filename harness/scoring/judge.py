@@ -1,0 +1,144 @@
+"""Judges for open-ended answers: an LLM behind any chat endpoint, or exact match.
+
+A judge sees the question, the reference and the candidate answer (never the
+image) and returns a 0/1 verdict. Verdicts are cached by judge fingerprint and
+exact inputs, so re-scoring a run costs nothing. A failed call is reported as
+an error, never as a silent 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.cache import ResponseCache, cache_key, default_cache_dir
+from harness.scoring.extract import normalize_text
+
+log = logging.getLogger(__name__)
+
+JUDGE_PROMPT_VERSION = 1
+_SYSTEM = (
+    "You grade short answers to questions about images. You are given the question, "
+    "the reference answer and a candidate answer; you do not see the image. Decide "
+    "whether the candidate says the same thing as the reference. Synonyms, singular "
+    "versus plural, letter case and extra words that leave the meaning unchanged are "
+    "all acceptable; a different object, colour, count, side or yes/no is not. "
+    "Reply with a single digit: 1 if the candidate matches the reference, 0 otherwise."
+)
+_USER = "Question: {question}\nReference answer: {gold}\nCandidate answer: {prediction}\nVerdict:"
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """How to build a judge; stored in the run record so re-scoring uses the same one."""
+
+    model: str | None = None  # None: normalised exact match
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    # Some reasoning models accept only their default temperature; None leaves it unset.
+    temperature: float | None = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Verdict:
+    score: float | None  # None when the judge failed
+    error: str | None = None
+    cached: bool = False
+
+
+class Judge:
+    name: str = "judge"
+
+    def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
+        raise NotImplementedError
+
+
+class ExactMatchJudge(Judge):
+    """The fallback when no LLM judge is configured: normalised exact match."""
+
+    name = "exact_match"
+
+    def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
+        return Verdict(float(normalize_text(str(prediction)) == normalize_text(str(gold))))
+
+
+def parse_verdict(text: str) -> float | None:
+    """Read a 0/1 verdict from a bare digit, a JSON object or <answer> tags."""
+    text = text.strip()
+    tagged = re.search(r"<answer>\s*([01])\s*</answer>", text)
+    if tagged:
+        return float(tagged.group(1))
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+            for key in ("verdict", "score", "answer"):
+                if key in value and str(value[key]).strip() in ("0", "1"):
+                    return float(str(value[key]).strip())
+        except (json.JSONDecodeError, TypeError):
+            return None
+    m = re.fullmatch(r"\W*([01])\W*", text)
+    return float(m.group(1)) if m else None
+
+
+class LLMJudge(Judge):
+    """A judge that asks a chat model; ``complete`` maps messages to reply text."""
+
+    def __init__(self, name: str, complete: Callable[[list[dict]], str],
+                 cache: ResponseCache | None = None) -> None:
+        self.name = name
+        self._complete = complete
+        self._cache = cache
+
+    def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
+        key = cache_key("judge", self.name, JUDGE_PROMPT_VERSION, question, str(gold), str(prediction))
+        if self._cache is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return Verdict(hit, cached=True)
+        messages = [
+            {"role": "system", "content": _SYSTEM},
+            {"role": "user", "content": _USER.format(question=question, gold=gold, prediction=prediction)},
+        ]
+        try:
+            reply = self._complete(messages)
+        except Exception as exc:
+            log.warning("judge %s failed: %s", self.name, exc)
+            return Verdict(None, error=f"{type(exc).__name__}: {exc}")
+        score = parse_verdict(reply)
+        if score is None:
+            return Verdict(None, error=f"unreadable verdict: {reply[:200]!r}")
+        if self._cache is not None:
+            self._cache.put(key, score)
+        return Verdict(score)
+
+
+def openai_chat_completer(model: str, base_url: str | None, api_key: str | None,
+                          temperature: float | None = 0.0) -> Callable[[list[dict]], str]:
+    """Chat completion through any OpenAI-compatible endpoint (the SDK retries 429/5xx)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=4, timeout=120)
+    sampling = {} if temperature is None else {"temperature": temperature}
+
+    def complete(messages: list[dict]) -> str:
+        response = client.chat.completions.create(model=model, messages=messages, **sampling)
+        return response.choices[0].message.content or ""
+
+    return complete
+
+
+def make_judge(spec: JudgeSpec, cache_dir: Path | None = None) -> Judge:
+    if spec.model is None:
+        return ExactMatchJudge()
+    cache = ResponseCache((cache_dir or default_cache_dir()) / "judge.sqlite")
+    name = f"{spec.model}@{spec.base_url or 'default'}"
+    complete = openai_chat_completer(spec.model, spec.base_url, os.environ.get(spec.api_key_env), spec.temperature)
+    return LLMJudge(name, complete, cache)

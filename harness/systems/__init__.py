@@ -1,0 +1,95 @@
+"""The system registry: system kinds (code) and system files (``baselines/*.yaml``)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from harness.registry import Registry, UnknownNameError, unknown_name_message
+from harness.systems.base import System
+
+__all__ = ["BASELINES_DIR", "SYSTEM_KINDS", "System", "SystemConfig", "SystemConfigError", "SystemRegistry"]
+
+BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
+
+SYSTEM_KINDS: Registry[type[System]] = Registry("system kind")
+SYSTEM_KINDS.register("predictions", "harness.systems.predictions:PredictionsSystem")
+
+
+class SystemConfigError(ValueError):
+    """A malformed system file; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    system: str
+    kind: str
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    source_file: str | None = None
+
+
+_KEYS = ("system", "kind", "description", "params")
+
+
+def load_system_config(path: Path) -> SystemConfig:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SystemConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SystemConfigError(f"{path}: expected a mapping at the top level")
+    for key in data:
+        if key not in _KEYS:
+            close = difflib.get_close_matches(str(key), _KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SystemConfigError(f"{path}: unknown key {key!r}{hint}; allowed: {', '.join(_KEYS)}")
+    for key in ("system", "kind"):
+        if not isinstance(data.get(key), str):
+            raise SystemConfigError(f"{path}: missing required key {key!r}")
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise SystemConfigError(f"{path}: key 'params' must be a mapping")
+    if data["kind"] not in SYSTEM_KINDS:
+        raise SystemConfigError(f"{path}: key 'kind': {unknown_name_message('system kind', data['kind'], SYSTEM_KINDS.names())}")
+    return SystemConfig(data["system"], data["kind"], data.get("description", ""), params, str(path))
+
+
+class SystemRegistry:
+    def __init__(self, include_paths: Iterable[str | Path] = ()) -> None:
+        self._configs: dict[str, SystemConfig] = {}
+        for folder in (BASELINES_DIR, *map(Path, include_paths)):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.yaml")):
+                config = load_system_config(path)
+                if config.system in self._configs:
+                    raise SystemConfigError(f"{path}: system {config.system!r} is already defined in "
+                                            f"{self._configs[config.system].source_file}")
+                self._configs[config.system] = config
+
+    def names(self) -> list[str]:
+        return sorted(self._configs)
+
+    def config(self, name: str) -> SystemConfig:
+        if name not in self._configs:
+            raise UnknownNameError(unknown_name_message("system", name, self._configs))
+        return self._configs[name]
+
+    def resolved_params(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        config = self.config(name)
+        params = dict(config.params)
+        for key, value in (overrides or {}).items():
+            if key not in params:
+                raise SystemConfigError(
+                    f"system {name!r} has no parameter {key!r}; its parameters: {', '.join(sorted(params)) or 'none'}")
+            params[key] = value
+        return params
+
+    def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0) -> System:
+        config = self.config(name)
+        return SYSTEM_KINDS.get(config.kind)(name, self.resolved_params(name, overrides), seed)

@@ -1,0 +1,54 @@
+"""The interface every system implements: samples in, predictions out."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Iterable, Iterator, Sequence
+
+from harness.types import ImageError, Prediction, Sample, Status
+
+
+class System:
+    """A way of answering samples.
+
+    ``predict`` may yield predictions in any order (a system with concurrent
+    requests yields each as it finishes); every prediction names its sample.
+    Subclasses usually implement only ``predict_one``.
+    """
+
+    kind = "system"
+
+    def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
+        self.name = name
+        self.params = params
+        self.seed = seed
+
+    def prepare(self, tasks: Sequence[Any]) -> None:
+        """Check inputs against the selected tasks before anything runs."""
+
+    def predict(self, samples: Iterable[Sample]) -> Iterator[Prediction]:
+        for sample in samples:
+            yield self.guarded(sample)
+
+    def predict_one(self, sample: Sample) -> Prediction:
+        raise NotImplementedError
+
+    def guarded(self, sample: Sample) -> Prediction:
+        """``predict_one`` with failures turned into statuses, so the run goes on."""
+        start = time.perf_counter()
+        try:
+            prediction = self.predict_one(sample)
+        except ImageError as exc:
+            prediction = Prediction(sample.id, status=Status.IMAGE_ERROR, detail=f"sample {sample.id}: {exc}")
+        except Exception:
+            prediction = Prediction(sample.id, status=Status.SYSTEM_ERROR, detail=traceback.format_exc())
+        prediction.timings.setdefault("predict_s", time.perf_counter() - start)
+        return prediction
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this system in a results file."""
+        return {"name": self.name, "kind": self.kind, "params": self.params, "seed": self.seed}
+
+    def close(self) -> None:
+        """Release models, servers and worker processes."""

@@ -1,0 +1,168 @@
+"""Where a task's rows come from: the Hugging Face hub or a local copy of the same files.
+
+Both paths end in a local folder holding the dataset repository's files (a
+hub snapshot, or ``DATA_DIR/<hub id>`` on an offline machine), read with
+``datasets``. Rows are read in batches without their images; an image is read
+from the memory-mapped Arrow table (or its file) only when a system asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness.registry import Registry
+from harness.tasks.config import DatasetPart, DatasetSpec, FieldMap
+from harness.types import FileImage, ImageRef, LazyImage, UrlImage
+
+log = logging.getLogger(__name__)
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset that is neither in the data directory nor reachable on the hub."""
+
+
+@dataclass
+class RawRow:
+    index: int  # position in the task's concatenated parts
+    part: DatasetPart
+    part_index: int  # row number within its part
+    data: dict[str, Any]  # every column except the image
+    image: ImageRef | None
+
+
+class Source:
+    """A task's rows, in a fixed order."""
+
+    revision: str = "unknown"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def rows(self, start: int = 0, stop: int | None = None) -> Iterator[RawRow]:
+        raise NotImplementedError
+
+
+SOURCES: Registry[type[Source]] = Registry("dataset source kind")
+
+
+def data_dir_from_env(data_dir: str | Path | None) -> Path | None:
+    value = data_dir or os.environ.get("HARNESS_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def image_cache_dir() -> Path:
+    from harness.cache import default_cache_dir
+
+    return default_cache_dir() / "images"
+
+
+def resolve_dataset_dir(task: str, spec: DatasetSpec, data_dir: Path | None) -> tuple[Path, str]:
+    """The local folder with the dataset's files, and the revision it holds."""
+    if data_dir is not None:
+        local = data_dir / spec.path
+        if local.is_dir():
+            return local, "local"
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo_id=spec.path, repo_type="dataset", revision=spec.revision,
+            allow_patterns=list(spec.hub_files) if spec.hub_files else None,
+        )
+    except Exception as exc:
+        where = f"{data_dir / spec.path} does not exist and " if data_dir else "no --data-dir / HARNESS_DATA_DIR is set and "
+        raise DatasetUnavailableError(
+            f"task {task!r}: dataset {spec.path!r} is not available: {where}the hub download failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). On an offline machine, copy the "
+            f"dataset repository's files to DATA_DIR/{spec.path} and pass --data-dir DATA_DIR."
+        ) from exc
+    return Path(folder), Path(folder).name  # snapshot folders are named by commit hash
+
+
+def _arrow_image_bytes(table: Any, row: int, column: str, root: Path) -> bytes:
+    value = table[row][column]
+    if value is None:
+        raise ValueError(f"column {column!r} is empty")
+    if value.get("bytes"):
+        return value["bytes"]
+    if value.get("path"):
+        path = Path(value["path"])
+        return (path if path.is_absolute() else root / path).read_bytes()
+    raise ValueError(f"column {column!r} holds neither bytes nor a path")
+
+
+@SOURCES.register("hub")
+class HubSource(Source):
+    def __init__(self, task: str, spec: DatasetSpec, fields: FieldMap, data_dir: Path | None) -> None:
+        import datasets
+
+        self.spec = spec
+        self.fields = fields
+        self.root, self.revision = resolve_dataset_dir(task, spec, data_dir)
+        self._parts: list[tuple[DatasetPart, Any]] = []
+        for part in spec.parts:
+            data_files = {part.split: part.data_files} if part.data_files else None
+            try:
+                table = datasets.load_dataset(str(self.root), name=part.config, data_files=data_files, split=part.split)
+            except Exception as exc:
+                raise DatasetUnavailableError(
+                    f"task {task!r}: cannot read part {part.label!r} (config={part.config}, split={part.split}, "
+                    f"data_files={part.data_files}) of {spec.path} from {self.root}: {exc}"
+                ) from exc
+            self._parts.append((part, table))
+        self._length = sum(len(t) for _, t in self._parts)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _image_column(self, table: Any) -> tuple[str | None, bool]:
+        """The image column and whether it is an Arrow image feature (else a file name)."""
+        import datasets
+
+        column = self.fields.image
+        if column is None or column not in table.column_names:
+            return None, False
+        return column, isinstance(table.features[column], datasets.Image)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> Iterator[RawRow]:
+        import datasets
+
+        stop = self._length if stop is None else min(stop, self._length)
+        offset = 0
+        for part, table in self._parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, len(table))
+            if lo < hi:
+                image_column, is_arrow_image = self._image_column(table)
+                text_columns = [c for c in table.column_names if not (is_arrow_image and c == image_column)]
+                images = None
+                if is_arrow_image:
+                    images = table.select_columns([image_column]).cast_column(
+                        image_column, datasets.Image(decode=False))
+                text = table.select_columns(text_columns).select(range(lo, hi))
+                position = lo
+                for batch in text.iter(batch_size=1024):
+                    for values in zip(*batch.values()):
+                        data = dict(zip(batch.keys(), values))
+                        yield RawRow(offset + position, part, position, data,
+                                     self._image_ref(part, position, data, image_column, images))
+                        position += 1
+            offset += len(table)
+            if offset >= stop:
+                return
+
+    def _image_ref(self, part: DatasetPart, position: int, data: dict, column: str | None,
+                   images: Any) -> ImageRef | None:
+        origin = f"{self.spec.path}[{part.label}] row {position}"
+        if images is not None:
+            return LazyImage(partial(_arrow_image_bytes, images, position, column, self.root), origin)
+        name = data.get(column) if column else None
+        local = str(self.root / (self.spec.image_root or "") / name) if name else None
+        url = data.get(self.fields.image_url) if self.fields.image_url else None
+        if url:
+            return UrlImage(url=url, cache_dir=str(image_cache_dir()), local_path=local)
+        return FileImage(local) if local else None

@@ -1,0 +1,104 @@
+"""A task: a configured benchmark that yields samples lazily, one at a time."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from harness.tasks.config import TaskConfig
+from harness.tasks.formats import FORMATTERS, RowFormatError
+from harness.tasks.sources import SOURCES, RawRow, Source
+from harness.types import Sample
+
+log = logging.getLogger(__name__)
+
+
+def resolve_limit(limit: float | None, size: int) -> int:
+    """``--limit``: a count, or a fraction of the task when below 1."""
+    if limit is None:
+        return size
+    if limit < 0:
+        raise ValueError(f"--limit must not be negative, got {limit}")
+    if limit < 1:
+        return int(size * limit)
+    return min(int(limit), size)
+
+
+class Task:
+    def __init__(self, config: TaskConfig, data_dir: Path | None = None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self._source: Source | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.task
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            source_cls = SOURCES.get(self.config.dataset.kind)
+            self._source = source_cls(self.name, self.config.dataset, self.config.fields, self.data_dir)
+            expected = self.config.size
+            if expected is not None and len(self) != expected:
+                log.warning("task %s: expected %d samples but the dataset gives %d; the dataset may have "
+                            "changed (the results record its revision)", self.name, expected, len(self))
+        return self._source
+
+    @property
+    def revision(self) -> str:
+        return self.source.revision
+
+    def _bounds(self) -> tuple[int, int]:
+        total = len(self.source)
+        if self.config.rows is None:
+            return 0, total
+        start, stop = self.config.rows
+        if start >= total:
+            raise ValueError(f"task {self.name}: rows {list(self.config.rows)} start past the end of the "
+                             f"dataset ({total} rows)")
+        return start, min(stop, total)
+
+    def __len__(self) -> int:
+        start, stop = self._bounds()
+        return stop - start
+
+    def samples(self, limit: float | None = None) -> Iterator[Sample]:
+        """Samples in dataset order; a row that cannot be read becomes a sample with ``error`` set."""
+        start, stop = self._bounds()
+        stop = start + resolve_limit(limit, stop - start)
+        formatter = FORMATTERS.get(self.config.formatter)
+        multi_part = len(self.config.dataset.parts) > 1
+        seen: set[str] = set()
+        for raw in self.source.rows(start, stop):
+            sample = self._to_sample(raw, formatter, multi_part)
+            if sample.id in seen:
+                sample.error = f"sample {sample.id}: duplicate id in task {self.name}"
+                sample.id = f"{sample.id}#row{raw.index}"
+            seen.add(sample.id)
+            yield sample
+
+    def ids(self, limit: float | None = None) -> list[str]:
+        return [s.id for s in self.samples(limit)]
+
+    def _sample_id(self, raw: RawRow, multi_part: bool) -> str:
+        field = self.config.fields.id
+        base = str(raw.data[field]) if field and raw.data.get(field) is not None else str(raw.part_index)
+        return f"{raw.part.label}/{base}" if multi_part and not field else base
+
+    def _to_sample(self, raw: RawRow, formatter, multi_part: bool) -> Sample:
+        sample_id = self._sample_id(raw, multi_part)
+        cluster_field = self.config.fields.cluster
+        cluster = str(raw.data[cluster_field]) if cluster_field and raw.data.get(cluster_field) is not None else None
+        try:
+            formatted = formatter(raw.data, self.config)
+        except RowFormatError as exc:
+            return Sample(id=sample_id, task=self.name, question=str(raw.data.get(self.config.fields.question, "")),
+                          answer=None, answer_type=self.config.answer_type, image=raw.image, cluster=cluster,
+                          subset=raw.part.label, error=f"sample {sample_id}: {exc}")
+        return Sample(
+            id=sample_id, task=self.name, question=formatted.question, answer=formatted.answer,
+            answer_type=formatted.answer_type, image=raw.image, choices=formatted.choices, cluster=cluster,
+            subset=raw.part.label, compat_gold=formatted.compat_gold, meta={"compat": formatted.compat_meta},
+        )
