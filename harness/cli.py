@@ -116,7 +116,7 @@ def results_table(results: dict[str, Any]) -> str:
             _fmt(r.get(f"{metric},compat")), failed, r["parse_counts"].get("unparsable", 0),
         ])
     headers = ["task", "n", "strict", "95% CI", "paper-compat", "failed", "unparsable"]
-    return tabulate(rows, headers=headers, tablefmt="github")
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Generic, Iterable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -65,3 +68,24 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def read_yaml_files(folders: Iterable[Path], kind_key: str, error: type[Exception]) -> Iterable[tuple[Path, dict[str, Any]]]:
+    """(path, mapping) of each YAML file in the folders that declares ``kind_key``.
+
+    Task and system files may share an include folder: each registry takes the
+    files whose top-level key names its kind ("task" or "system").
+    """
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder {folder} does not exist")
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as exc:
+                raise error(f"{path}: not valid YAML: {exc}") from exc
+            if not isinstance(data, dict):
+                raise error(f"{path}: expected a mapping at the top level")
+            if kind_key not in data and ({"task", "system"} & set(data)):
+                continue
+            yield path, data

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,11 @@ class UrlImage(ImageRef):
         cached = self._cached_path()
         if cached.is_file():
             return cached.read_bytes()
+        if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True", "YES"):
+            where = f"no local copy at {self.local_path}" if self.local_path else "no local copy"
+            raise ImageError(f"image {self.url}: {where}, and downloads are off (HF_HUB_OFFLINE)")
         try:
-            with urllib.request.urlopen(self.url, timeout=60) as response:
+            with urllib.request.urlopen(self.url, timeout=30) as response:
                 data = response.read()
         except Exception as exc:
             where = f" (no local copy at {self.local_path})" if self.local_path else ""

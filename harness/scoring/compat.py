@@ -46,9 +46,13 @@ def _is_bool(pred: Any, meta: dict) -> bool:
 
 
 def compat_score(rule: str, prediction: Any, gold: Any, meta: dict) -> float:
-    """Score with a named rule; any exception scores 0, as in the original."""
+    """Score with a named rule; any exception scores 0, as in the original.
+
+    An unknown rule name is a configuration error and raises, never a silent 0.
+    """
+    scorer = COMPAT_RULES.get(rule)
     try:
-        return float(COMPAT_RULES.get(rule)(prediction, gold, meta))
+        return float(scorer(prediction, gold, meta))
     except Exception:  # the original wrapped every rule in a catch-all
         return 0.0
 

@@ -15,25 +15,17 @@ _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
     "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19,
+    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90,
 }
-_TENS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-    "eighty": 80, "ninety": 90,
-}
-_SPECIAL = {"none": 0, "a dozen": 12, "dozen": 12}
-_TENS_ALT = "|".join(_TENS)
-_UNITS_ALT = "|".join(sorted(_UNITS, key=len, reverse=True))
-_NUMBER_WORD = re.compile(
-    rf"\b(?:(?P<tens>{_TENS_ALT})(?:[\s-](?P<unit>{_UNITS_ALT}))?|(?P<single>{_UNITS_ALT})"
-    r"|(?P<special>a dozen|dozen|none))\b"
-)
+_MULTIPLIERS = {"dozen": 12, "hundred": 100, "thousand": 1000}
+_TOKEN = re.compile(r"[a-z]+")
 # A number not glued to a preceding letter or digit, so "B2" and "x10" are not read
 # as numbers, and "10" is never read as "1".
 _NUMERAL = re.compile(r"(?<![A-Za-z0-9.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
-_YES = {"yes", "true", "yeah", "correct"}
-_NO = {"no", "false", "incorrect"}
+_YES = {"yes", "true", "yeah"}
+_NO = {"no", "false"}
 _WORD = re.compile(r"[a-z]+")
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
@@ -88,16 +80,39 @@ def parse_yes_no(value: Any) -> bool | None:
 
 
 def _words_to_number(text: str) -> list[tuple[int, float]]:
-    """(position, value) of every number written in words."""
-    found = []
-    for m in _NUMBER_WORD.finditer(text):
-        if m.group("tens"):
-            value = _TENS[m.group("tens")] + (_UNITS[m.group("unit")] if m.group("unit") else 0)
-        elif m.group("single"):
-            value = _UNITS[m.group("single")]
-        else:
-            value = _SPECIAL[m.group("special")]
-        found.append((m.start(), float(value)))
+    """(position, value) of every number written in words.
+
+    A run of number words is one number ("one hundred and five", "twenty-one",
+    "a dozen"); "none" alone is 0.
+    """
+    found: list[tuple[int, float]] = []
+    tokens = [(m.start(), m.group()) for m in _TOKEN.finditer(text)]
+    i = 0
+    while i < len(tokens):
+        start, word = tokens[i]
+        if word == "none":
+            found.append((start, 0.0))
+            i += 1
+            continue
+        leading_a = word == "a" and i + 1 < len(tokens) and tokens[i + 1][1] in _MULTIPLIERS
+        if word not in _UNITS and word not in _MULTIPLIERS and not leading_a:
+            i += 1
+            continue
+        total, current, j = 0, 0, i + (1 if leading_a else 0)
+        while j < len(tokens):
+            word = tokens[j][1]
+            if word in _UNITS:
+                current += _UNITS[word]
+            elif word == "thousand":
+                total += max(current, 1) * 1000
+                current = 0
+            elif word in _MULTIPLIERS:
+                current = max(current, 1) * _MULTIPLIERS[word]
+            elif not (word == "and" and j + 1 < len(tokens) and tokens[j + 1][1] in _UNITS):
+                break
+            j += 1
+        found.append((start, float(total + current)))
+        i = j
     return found
 
 
@@ -135,7 +150,12 @@ def parse_number(value: Any) -> float | None:
 
 _LETTER_ALONE = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 _LETTER_LEAD = re.compile(r"^\(?([A-Z])\)?[.:)]\s")
-_LETTER_PHRASE = re.compile(r"\b(?:answer|option|choice)\b[^A-Za-z0-9(]{0,12}\(?([A-Z])\)?(?![A-Za-z])", re.I)
+# Keywords in any case, the letter itself a capital: "answer is B", "Option: (C)",
+# but never the article in "the answer: a red car".
+_LETTER_PHRASE = re.compile(
+    r"\b(?i:answer|option|choice)\b(?:\s+(?i:is|would\s+be|should\s+be))?"
+    r"[^A-Za-z0-9(]{0,12}\(?([A-Z])\)?(?![A-Za-z])"
+)
 _LETTER_PAREN = re.compile(r"\(([A-Z])\)")
 
 

@@ -71,21 +71,26 @@ class ExactMatchJudge(Judge):
 
 
 def parse_verdict(text: str) -> float | None:
-    """Read a 0/1 verdict from a bare digit, a JSON object or <answer> tags."""
-    text = text.strip()
+    """Read a 0/1 verdict: <answer> tags, a JSON object, or a single 0/1 token
+    ("1", "Verdict: 0"); reasoning inside <think> tags is ignored."""
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S).strip()
     tagged = re.search(r"<answer>\s*([01])\s*</answer>", text)
     if tagged:
         return float(tagged.group(1))
     if text.startswith("{"):
         try:
             value = json.loads(text)
-            for key in ("verdict", "score", "answer"):
-                if key in value and str(value[key]).strip() in ("0", "1"):
-                    return float(str(value[key]).strip())
-        except (json.JSONDecodeError, TypeError):
+        except json.JSONDecodeError:
             return None
-    m = re.fullmatch(r"\W*([01])\W*", text)
-    return float(m.group(1)) if m else None
+        for key in ("verdict", "score", "answer"):
+            item = value.get(key) if isinstance(value, dict) else None
+            if isinstance(item, bool):
+                return float(item)
+            if str(item).strip() in ("0", "1"):
+                return float(str(item).strip())
+        return None
+    tokens = set(re.findall(r"(?<![\w.])([01])(?!\w|\.\d)", text))
+    return float(tokens.pop()) if len(tokens) == 1 else None
 
 
 class LLMJudge(Judge):

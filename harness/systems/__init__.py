@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
-from harness.registry import Registry, UnknownNameError, unknown_name_message
+from harness.registry import Registry, UnknownNameError, read_yaml_files, unknown_name_message
 from harness.systems.base import System
 
 __all__ = ["BASELINES_DIR", "SYSTEM_KINDS", "System", "SystemConfig", "SystemConfigError", "SystemRegistry"]
@@ -36,13 +35,7 @@ class SystemConfig:
 _KEYS = ("system", "kind", "description", "params")
 
 
-def load_system_config(path: Path) -> SystemConfig:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SystemConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SystemConfigError(f"{path}: expected a mapping at the top level")
+def parse_system_config(data: dict[str, Any], path: Path) -> SystemConfig:
     for key in data:
         if key not in _KEYS:
             close = difflib.get_close_matches(str(key), _KEYS, n=1)
@@ -54,7 +47,7 @@ def load_system_config(path: Path) -> SystemConfig:
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise SystemConfigError(f"{path}: key 'params' must be a mapping")
-    if data["kind"] not in SYSTEM_KINDS:
+    if ":" not in data["kind"] and data["kind"] not in SYSTEM_KINDS:
         raise SystemConfigError(f"{path}: key 'kind': {unknown_name_message('system kind', data['kind'], SYSTEM_KINDS.names())}")
     return SystemConfig(data["system"], data["kind"], data.get("description", ""), params, str(path))
 
@@ -62,15 +55,12 @@ def load_system_config(path: Path) -> SystemConfig:
 class SystemRegistry:
     def __init__(self, include_paths: Iterable[str | Path] = ()) -> None:
         self._configs: dict[str, SystemConfig] = {}
-        for folder in (BASELINES_DIR, *map(Path, include_paths)):
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.glob("*.yaml")):
-                config = load_system_config(path)
-                if config.system in self._configs:
-                    raise SystemConfigError(f"{path}: system {config.system!r} is already defined in "
-                                            f"{self._configs[config.system].source_file}")
-                self._configs[config.system] = config
+        for path, data in read_yaml_files((BASELINES_DIR, *map(Path, include_paths)), "system", SystemConfigError):
+            config = parse_system_config(data, path)
+            if config.system in self._configs:
+                raise SystemConfigError(f"{path}: system {config.system!r} is already defined in "
+                                        f"{self._configs[config.system].source_file}")
+            self._configs[config.system] = config
 
     def names(self) -> list[str]:
         return sorted(self._configs)
@@ -92,4 +82,15 @@ class SystemRegistry:
 
     def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0) -> System:
         config = self.config(name)
-        return SYSTEM_KINDS.get(config.kind)(name, self.resolved_params(name, overrides), seed)
+        return system_class(config.kind)(name, self.resolved_params(name, overrides), seed)
+
+
+def system_class(kind: str) -> type[System]:
+    """A registered kind, or ``package.module:Class`` for a system defined outside the harness."""
+    if ":" not in kind:
+        return SYSTEM_KINDS.get(kind)
+    module_name, _, attribute = kind.partition(":")
+    cls = getattr(importlib.import_module(module_name), attribute, None)
+    if not (isinstance(cls, type) and issubclass(cls, System)):
+        raise SystemConfigError(f"kind {kind!r} does not name a subclass of harness.systems.System")
+    return cls

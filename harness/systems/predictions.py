@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from harness.systems.base import System
 from harness.types import Prediction, Sample, Status
@@ -36,9 +36,8 @@ class PredictionsSystem(System):
         self._offsets: dict[tuple[str, str], int] = {}  # (task, id) -> byte offset of its line
         self._file = None
 
-    def _read_index(self) -> list[tuple[int, str | None, str, int]]:
+    def _read_index(self) -> Iterator[tuple[int, str | None, str, int]]:
         """(line number, task, id, byte offset) of every line."""
-        entries = []
         with self.path.open("rb") as f:
             offset = 0
             for number, line in enumerate(f, start=1):
@@ -56,9 +55,8 @@ class PredictionsSystem(System):
                         raise PredictionsFileError(
                             f"{self.path}: line {number} (id {row['id']!r}) has unknown status {status!r}")
                     task = row.get("task")
-                    entries.append((number, None if task is None else str(task), str(row["id"]), offset))
+                    yield number, None if task is None else str(task), str(row["id"]), offset
                 offset += len(line)
-        return entries
 
     def prepare(self, tasks: Sequence[Any]) -> None:
         ids_by_task = {task.name: set(task.ids()) for task in tasks}

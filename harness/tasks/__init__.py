@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from harness.registry import unknown_name_message, UnknownNameError
+from harness.registry import UnknownNameError, read_yaml_files, unknown_name_message
 from harness.scoring.compat import COMPAT_RULES
-from harness.tasks.config import TaskConfig, TaskConfigError, load_task_config
+from harness.tasks.config import TaskConfig, TaskConfigError, parse_task_config
 from harness.tasks.formats import FORMATTERS
 from harness.tasks.sources import SOURCES, data_dir_from_env
 from harness.tasks.task import Task
@@ -21,11 +21,8 @@ PAPER_TAG = "paper"  # `--tasks all` selects the paper's eight benchmarks
 class TaskRegistry:
     def __init__(self, include_paths: Iterable[str | Path] = ()) -> None:
         self._configs: dict[str, TaskConfig] = {}
-        for folder in (TASKS_DIR, *map(Path, include_paths)):
-            if not folder.is_dir():
-                raise FileNotFoundError(f"task folder {folder} does not exist")
-            for path in sorted(folder.glob("*.yaml")):
-                self._add(load_task_config(path))
+        for path, data in read_yaml_files((TASKS_DIR, *map(Path, include_paths)), "task", TaskConfigError):
+            self._add(parse_task_config(data, source_file=str(path)))
 
     def _add(self, config: TaskConfig) -> None:
         where = config.source_file

@@ -7,10 +7,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from harness.types import AnswerType
 
@@ -98,7 +95,8 @@ def _check_keys(where: str, data: dict, cls: type) -> None:
 
 
 def _expect(where: str, key: str, value: Any, types: type | tuple[type, ...]) -> Any:
-    if not isinstance(value, types):
+    wants_bool = bool in (types if isinstance(types, tuple) else (types,))
+    if not isinstance(value, types) or (isinstance(value, bool) and not wants_bool):
         names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
         raise TaskConfigError(f"{where}: key {key!r} must be {names}, got {type(value).__name__} {value!r}")
     return value
@@ -141,7 +139,7 @@ def parse_task_config(data: Any, source_file: str = "<dict>") -> TaskConfig:
         kwargs["fields"] = FieldMap(**fields_data)
     if "rows" in kwargs and kwargs["rows"] is not None:
         rows = _expect(where, "rows", kwargs["rows"], list)
-        if len(rows) != 2 or not all(isinstance(r, int) for r in rows) or rows[0] >= rows[1]:
+        if len(rows) != 2 or not all(type(r) is int for r in rows) or rows[0] >= rows[1]:
             raise TaskConfigError(f"{where}: key 'rows' must be [start, stop] with start < stop, got {rows!r}")
         kwargs["rows"] = (rows[0], rows[1])
     if "tags" in kwargs:
@@ -154,12 +152,3 @@ def parse_task_config(data: Any, source_file: str = "<dict>") -> TaskConfig:
         if kwargs.get(key) is not None:
             _expect(where, key, kwargs[key], types)
     return TaskConfig(dataset=dataset, source_file=source_file, **kwargs)
-
-
-def load_task_config(path: str | Path) -> TaskConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TaskConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_task_config(data, source_file=str(path))

@@ -7,6 +7,7 @@ benchmarks need their options rebuilt the way the paper's evaluation asked them.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,6 +47,10 @@ def field_value(row: dict, name: str | None, role: str) -> Any:
 
 
 def render_question(row: dict, config: TaskConfig) -> str:
+    # A null or blank field would otherwise be asked as "Is None?" instead of failing the row.
+    for _, name, _, _ in string.Formatter().parse(config.question_template):
+        if name and name in row:
+            field_value(row, name, "question_template")
     try:
         return config.question_template.format_map(row)
     except KeyError as exc:

@@ -8,6 +8,7 @@ from the memory-mapped Arrow table (or its file) only when a system asks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class RawRow:
     index: int  # position in the task's concatenated parts
     part: DatasetPart
     part_index: int  # row number within its part
-    data: dict[str, Any]  # every column except the image
+    data: dict[str, Any]  # every column except the image columns
     image: ImageRef | None
 
 
@@ -84,6 +85,22 @@ def resolve_dataset_dir(task: str, spec: DatasetSpec, data_dir: Path | None) -> 
     return Path(folder), Path(folder).name  # snapshot folders are named by commit hash
 
 
+_DATA_SUFFIXES = {".parquet", ".arrow", ".json", ".jsonl", ".csv", ".tsv", ".txt", ".md", ".zip", ".gz", ".tar"}
+
+
+def _files_fingerprint(root: Path) -> str:
+    """A hash of the path, size and mtime of each data file under ``root`` (image files are skipped)."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder, name)
+            if path.suffix.lower() in _DATA_SUFFIXES:
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def _arrow_image_bytes(table: Any, row: int, column: str, root: Path) -> bytes:
     value = table[row][column]
     if value is None:
@@ -105,10 +122,14 @@ class HubSource(Source):
         self.fields = fields
         self.root, self.revision = resolve_dataset_dir(task, spec, data_dir)
         self._parts: list[tuple[DatasetPart, Any]] = []
+        # datasets keys its cache of a folder whose README declares configs (BLINK) by the README
+        # alone, so another copy or revision of the files would be read from the stale cache.
+        cache_dir = str(Path(datasets.config.HF_DATASETS_CACHE) / "by-content" / _files_fingerprint(self.root))
         for part in spec.parts:
             data_files = {part.split: part.data_files} if part.data_files else None
             try:
-                table = datasets.load_dataset(str(self.root), name=part.config, data_files=data_files, split=part.split)
+                table = datasets.load_dataset(str(self.root), name=part.config, data_files=data_files,
+                                              split=part.split, cache_dir=cache_dir)
             except Exception as exc:
                 raise DatasetUnavailableError(
                     f"task {task!r}: cannot read part {part.label!r} (config={part.config}, split={part.split}, "
@@ -138,7 +159,9 @@ class HubSource(Source):
             lo, hi = max(start - offset, 0), min(stop - offset, len(table))
             if lo < hi:
                 image_column, is_arrow_image = self._image_column(table)
-                text_columns = [c for c in table.column_names if not (is_arrow_image and c == image_column)]
+                # Every image feature stays out of the text columns, not only the task's image:
+                # iterating would otherwise decode e.g. RoboSpatial's depth and mask for every row.
+                text_columns = [c for c in table.column_names if not isinstance(table.features[c], datasets.Image)]
                 images = None
                 if is_arrow_image:
                     images = table.select_columns([image_column]).cast_column(

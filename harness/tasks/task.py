@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -15,13 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def resolve_limit(limit: float | None, size: int) -> int:
-    """``--limit``: a count, or a fraction of the task when below 1."""
+    """``--limit``: a count, or a fraction of the task (rounded up) when below 1."""
     if limit is None:
         return size
     if limit < 0:
         raise ValueError(f"--limit must not be negative, got {limit}")
     if limit < 1:
-        return int(size * limit)
+        return math.ceil(size * limit)
     return min(int(limit), size)
 
 
@@ -94,7 +95,8 @@ class Task:
         try:
             formatted = formatter(raw.data, self.config)
         except RowFormatError as exc:
-            return Sample(id=sample_id, task=self.name, question=str(raw.data.get(self.config.fields.question, "")),
+            question = raw.data.get(self.config.fields.question)
+            return Sample(id=sample_id, task=self.name, question="" if question is None else str(question),
                           answer=None, answer_type=self.config.answer_type, image=raw.image, cluster=cluster,
                           subset=raw.part.label, error=f"sample {sample_id}: {exc}")
         return Sample(

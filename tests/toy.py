@@ -1,0 +1,73 @@
+"""A toy counting task and toy systems for runner tests (importable by subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from harness.systems.base import System
+from harness.types import Prediction, Sample
+
+TOY_TASK = """\
+task: toy_counting
+version: 1
+description: Toy counting questions for tests.
+dataset:
+  path: toy/counting
+  parts:
+    - split: test
+      data_files: test.jsonl
+  image_root: images
+fields:
+  question: question
+  answer: answer
+  image: image
+  cluster: image
+answer_type: integer
+compat: tallyqa
+size: {size}
+"""
+
+
+def write_toy_task(root: Path, n: int = 30, broken_rows: tuple[int, ...] = ()) -> tuple[Path, Path]:
+    """Write the task YAML (in root/include) and its data (in root/data); return both folders."""
+    include, data = root / "include", root / "data" / "toy" / "counting"
+    include.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    (include / "toy_counting.yaml").write_text(TOY_TASK.format(size=n))
+    with (data / "test.jsonl").open("w") as f:
+        for i in range(n):
+            row = {"question": f"How many cubes are in picture {i // 3}?", "answer": i % 5, "image": f"{i // 3}.png"}
+            if i in broken_rows:
+                row["answer"] = None
+            f.write(json.dumps(row) + "\n")
+    return include, root / "data"
+
+
+def write_system(include: Path, name: str, kind: str, **params) -> None:
+    lines = [f"system: {name}", f"kind: {kind}", "params:"] + [f"  {k}: {json.dumps(v)}" for k, v in params.items()]
+    if not params:
+        lines[-1] = "params: {}"
+    (include / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+
+
+class SlowOracle(System):
+    """Answers the gold for even ids and gold + 1 for odd ones, after a delay."""
+
+    kind = "slow_oracle"
+
+    def predict_one(self, sample: Sample) -> Prediction:
+        time.sleep(float(self.params.get("delay", 0.0)))
+        if str(sample.id) in str(self.params.get("fail_on", "")).split(","):
+            raise RuntimeError(f"deliberate failure on {sample.id}")
+        answer = sample.answer if int(sample.id) % 2 == 0 else sample.answer + 1
+        return Prediction(sample.id, answer=answer, raw=str(answer))
+
+
+class PidReporter(SlowOracle):
+    """Writes its process id to a file first, so a test can kill it."""
+
+    def prepare(self, tasks) -> None:
+        Path(self.params["pid_file"]).write_text(str(os.getpid()))
