@@ -116,7 +116,10 @@ def results_table(results: dict[str, Any]) -> str:
             _fmt(r.get(f"{metric},compat")), failed, r["parse_counts"].get("unparsable", 0),
         ])
     headers = ["task", "n", "strict", "95% CI", "paper-compat", "failed", "unparsable"]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    notes = [f"{task}: open answers scored by normalised exact match (no --judge given)"
+             for task, r in results["results"].items() if "exact_match" in r.get("judges", {})]
+    return "\n".join([table, *notes])
 
 
 def cmd_list(args: argparse.Namespace) -> int:

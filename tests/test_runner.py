@@ -210,3 +210,25 @@ def test_resume_after_sigkill_gives_exactly_the_uninterrupted_records(tmp_path):
     ours = json.loads((interrupted / "results.json").read_text())["results"]["toy_counting"]
     theirs = json.loads((reference / "results.json").read_text())["results"]["toy_counting"]
     assert ours["accuracy,strict"] == theirs["accuracy,strict"] == 0.5
+
+
+def test_open_answers_without_judge_say_exact_match_was_used(tmp_path, capsys):
+    include, data = tmp_path / "include", tmp_path / "data" / "toy" / "open"
+    include.mkdir()
+    data.mkdir(parents=True)
+    (include / "toy_open.yaml").write_text(
+        "task: toy_open\ndataset:\n  path: toy/open\n  parts:\n    - split: test\n      data_files: test.jsonl\n"
+        "fields:\n  image: null\nanswer_type: open\ncompat: judge\n")
+    (data / "test.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": a}) + "\n"
+                                             for i, a in enumerate(["the red car", "tv", "left"])))
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": str(i), "prediction": p}) + "\n"
+                             for i, p in enumerate(["Red car.", "television", "left"])))
+    out = tmp_path / "run"
+    assert run_cli("run", "--system", "predictions", "--predictions", preds, "--tasks", "toy_open",
+                   "--data-dir", tmp_path / "data", "--include-path", include, "--output-path", out) == 0
+    assert "toy_open: open answers scored by normalised exact match" in capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())["results"]["toy_open"]
+    assert result["judges"] == {"exact_match": 3}
+    assert result["accuracy,strict"] == pytest.approx(2 / 3)
+    assert result["accuracy,compat"] == pytest.approx(2 / 3)
