@@ -15,17 +15,19 @@ from tabulate import tabulate
 
 from harness.registry import UnknownNameError
 from harness.runner import RunError, RunOptions, evaluate, find_records, rescore
+from harness.sandbox.isolation import IsolationError
 from harness.scoring import JudgeSpec
 from harness.systems import SystemConfigError, SystemRegistry
 from harness.systems.predictions import PredictionsFileError
 from harness.tasks import TaskConfigError, TaskRegistry
 from harness.tasks.sources import DatasetUnavailableError
+from harness.types import ImageError
 
 log = logging.getLogger("harness")
 
 # Errors a user can fix from the message alone: shown without a traceback.
 _USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError,
-                DatasetUnavailableError, FileNotFoundError, FileExistsError)
+                DatasetUnavailableError, IsolationError, ImageError, FileNotFoundError, FileExistsError)
 
 
 def parse_key_values(text: str | None) -> dict[str, Any]:
@@ -87,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
     _add_judge_args(p)
+
+    p = sub.add_parser("exec", help="run one program in the sandbox and print its result as JSON")
+    p.add_argument("program", type=Path, help="a Python file: the program body (it sets final_answer)")
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--tools", default="oracle", help="tool backend (default: oracle), or 'none'")
+    p.add_argument("--scene", type=Path, help="scene ground truth (JSON) for the oracle tools")
+    p.add_argument("--tool-options", metavar="K=V,...", help="settings of the tool backend, e.g. noise=0.2")
+    p.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "process"])
+    p.add_argument("--timeout", type=float, default=60.0, help="wall-clock limit in seconds")
 
     p = sub.add_parser("score", help="score a run's saved predictions again (no model is run)")
     p.add_argument("run_dir", type=Path)
@@ -163,6 +174,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if results["errors"] else 0
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    from harness.sandbox.executor import Sandbox, SandboxPolicy
+    from harness.tools import ToolContext, make_backend
+    from harness.types import FileImage, Sample
+
+    code = args.program.read_text(encoding="utf-8")
+    image = FileImage(str(args.image))
+    sample = Sample(id=args.program.stem, task="exec", question="", answer=None, answer_type="none", image=image,
+                    meta={"scene": str(args.scene)} if args.scene else {})
+    context = ToolContext(image, image.size(), sample, key=args.program.stem)
+    backend = None if args.tools == "none" else make_backend(args.tools, **parse_key_values(args.tool_options))
+    with Sandbox(SandboxPolicy(wall_seconds=args.timeout), args.isolation) as sandbox:
+        result = sandbox.run(code, backend.session(context) if backend else None, context.image_size)
+    if backend is not None:
+        backend.close()
+    print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+    return 0 if result.status == "ok" else 1
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     results = rescore(args.run_dir, _judge_spec(args))
     print(results_table(results))
@@ -211,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    command = {"list": cmd_list, "run": cmd_run, "score": cmd_score, "show": cmd_show}[args.command]
+    command = {"list": cmd_list, "run": cmd_run, "exec": cmd_exec, "score": cmd_score, "show": cmd_show}[args.command]
     try:
         return command(args)
     except _USER_ERRORS as exc:

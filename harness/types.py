@@ -74,6 +74,16 @@ class ImageRef:
             raise ImageError(f"cannot decode image {self.describe()}: {exc}") from exc
         return image.convert("RGB") if image.mode != "RGB" else image
 
+    def size(self) -> tuple[int, int]:
+        """(width, height) from the file header, without decoding the pixels."""
+        try:
+            with Image.open(io.BytesIO(self.read_bytes())) as image:
+                return image.size
+        except ImageError:
+            raise
+        except Exception as exc:
+            raise ImageError(f"cannot decode image {self.describe()}: {exc}") from exc
+
     def content_hash(self) -> str:
         return hashlib.sha256(self.read_bytes()).hexdigest()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 
 SYSTEM_KINDS: Registry[type[System]] = Registry("system kind")
 SYSTEM_KINDS.register("predictions", "harness.systems.predictions:PredictionsSystem")
+SYSTEM_KINDS.register("reference", "harness.systems.program:ReferenceSystem")
 
 
 class SystemConfigError(ValueError):
@@ -71,18 +73,32 @@ class SystemRegistry:
         return self._configs[name]
 
     def resolved_params(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        config = self.config(name)
-        params = dict(config.params)
+        """The system file's parameters with overrides; ``a.b`` reaches into a nested mapping."""
+        params = copy.deepcopy(self.config(name).params)
         for key, value in (overrides or {}).items():
-            if key not in params:
+            *parents, leaf = key.split(".")
+            target = params
+            for part in parents:
+                target = target.get(part) if isinstance(target, dict) else None
+            if not isinstance(target, dict) or leaf not in target:
+                known = sorted(_dotted_keys(params))
                 raise SystemConfigError(
-                    f"system {name!r} has no parameter {key!r}; its parameters: {', '.join(sorted(params)) or 'none'}")
-            params[key] = value
+                    f"system {name!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}")
+            target[leaf] = value
         return params
 
     def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0) -> System:
         config = self.config(name)
         return system_class(config.kind)(name, self.resolved_params(name, overrides), seed)
+
+
+def _dotted_keys(params: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in params.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def system_class(kind: str) -> type[System]:
