@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from harness.sandbox.executor import Sandbox
 from harness.sandbox.runtime import ImageHandle, execute, program_namespace
+from harness.tools import in_process_caller
 from harness.tools.api import check_call
 
 WORKLOADS = {
@@ -43,15 +44,10 @@ class ConstantDepth:
 
 def in_process(code: str, n: int) -> float:
     tools = ConstantDepth()
-    image = ImageHandle(320, 240)
-
-    def call(name, args, kwargs):
-        marker = [{"__image__": True} if isinstance(a, ImageHandle) else a for a in args]
-        return tools.call(name, marker, kwargs)
-
+    call = in_process_caller(tools)
     start = time.perf_counter()
     for _ in range(n):
-        outcome = execute(code, program_namespace(tools.names, call, image))
+        outcome = execute(code, program_namespace(tools.names, call, ImageHandle(320, 240)))
         assert outcome["status"] == "ok", outcome
     return n / (time.perf_counter() - start)
 

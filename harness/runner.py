@@ -75,6 +75,7 @@ def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> d
         "plan": prediction.plan,
         "program": prediction.program,
         "tool_calls": prediction.tool_calls,
+        "isolation": prediction.isolation,
         "timings": dict(prediction.timings),
     }
     if log_samples:

@@ -201,6 +201,7 @@ class Prediction:
     program: str | None = None
     answer_pytype: str | None = None  # Python type of a program's answer, e.g. "numpy.bool_"
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    isolation: list[str] | None = None  # sandbox layers the program ran under
     stdout: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)

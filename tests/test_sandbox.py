@@ -216,3 +216,23 @@ def test_the_zygote_restarts_after_it_dies():
 def test_unknown_isolation_mode():
     with pytest.raises(Exception, match="unknown isolation mode"):
         plan_isolation("docker")
+
+
+def test_exec_command_prints_the_result_as_json(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from harness.cli import main
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (40, 30)).save(image)
+    program = tmp_path / "prog.py"
+    program.write_text("final_answer = [image.width, image.height]\n")
+    assert main(["exec", str(program), "--image", str(image), "--tools", "none"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "ok" and result["answer"] == [40, 30] and result["isolation"]
+    program.write_text("gd_detect(image, 'cup')\n")
+    assert main(["exec", str(program), "--image", str(image), "--tools", "none"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "exception" and "NameError" in result["detail"]

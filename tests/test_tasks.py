@@ -37,7 +37,8 @@ from harness.types import BytesImage, FileImage, ImageError, LazyImage, UrlImage
 PAPER_TASKS = ["blink", "countbenchqa", "gqa", "omni3d_bench", "realworldqa", "robospatial", "tallyqa", "vsr"]
 OTHER_TASKS = ["blink_counting", "blink_spatial_relation", "omni3d_bench_full", "omni3d_bench_train",  # variants
                "realworldqa_valor", "vsr_random"]  # and the training split
-ALL_TASKS = PAPER_TASKS + OTHER_TASKS
+ALL_TASKS = PAPER_TASKS + OTHER_TASKS  # tasks read from (fixture copies of) hub datasets
+GENERATED_TASKS = ["synthetic"]  # generated offline; tested in test_synthetic.py
 
 IMAGE_KIND = {
     "omni3d_bench": LazyImage, "omni3d_bench_full": LazyImage, "omni3d_bench_train": LazyImage,
@@ -122,8 +123,9 @@ def assert_colour(image: PIL.Image.Image, rgb: tuple[int, int, int], tolerance: 
 # --------------------------------------------------------------------------- registry
 
 def test_registry_holds_exactly_the_task_files(registry):
-    assert registry.names() == sorted(ALL_TASKS)
-    assert {Path(registry.config(n).source_file).name for n in ALL_TASKS} == {f"{n}.yaml" for n in ALL_TASKS}
+    assert registry.names() == sorted(ALL_TASKS + GENERATED_TASKS)
+    names = ALL_TASKS + GENERATED_TASKS
+    assert {Path(registry.config(n).source_file).name for n in names} == {f"{n}.yaml" for n in names}
 
 
 def test_all_expands_to_the_eight_paper_tasks(registry):
@@ -675,7 +677,7 @@ def test_invalid_yaml_names_the_file(tmp_path):
 def test_valid_extra_task_file_is_registered(tmp_path):
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(VALID), encoding="utf-8")
     registry = TaskRegistry([tmp_path])
-    assert "toy" in registry.names() and len(registry.names()) == len(ALL_TASKS) + 1
+    assert "toy" in registry.names() and len(registry.names()) == len(ALL_TASKS + GENERATED_TASKS) + 1
     config = registry.config("toy")
     assert (config.rows, config.answer_type, config.dataset.parts[0].split) == (None, "integer", "test")
     assert config.source_file == str(tmp_path / "toy.yaml")

@@ -170,7 +170,7 @@ class ImageHandle:
         return f"<image {self.width}x{self.height}>"
 
 
-def _encode_argument(value):
+def encode_argument(value):
     if isinstance(value, ImageHandle):
         return {"__image__": True}
     if isinstance(value, float) and not math.isfinite(value):
@@ -178,11 +178,11 @@ def _encode_argument(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict):
-        return {str(k): _encode_argument(v) for k, v in value.items()}
+        return {str(k): encode_argument(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode_argument(v) for v in value]
+        return [encode_argument(v) for v in value]
     if hasattr(value, "tolist"):
-        return _encode_argument(value.tolist())
+        return encode_argument(value.tolist())
     raise TypeError(f"tool arguments must be numbers, strings, lists, dicts or the image, "
                     f"got {type(value).__name__}")
 
@@ -422,8 +422,8 @@ def run_child(job: dict, channel: socket.socket, config: dict, seccomp_filter) -
 
         def call(name, args, kwargs):
             try:
-                request = {"op": "call", "tool": name, "args": _encode_argument(list(args)),
-                           "kwargs": _encode_argument(dict(kwargs))}
+                request = {"op": "call", "tool": name, "args": encode_argument(list(args)),
+                           "kwargs": encode_argument(dict(kwargs))}
             except TypeError as exc:
                 raise ToolError(f"{name}: {exc}") from None
             send_message(channel, request)

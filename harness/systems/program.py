@@ -29,8 +29,8 @@ def prediction_from_execution(sample: Sample, program: Program, result: Executio
     return Prediction(
         sample.id, answer=result.answer, status=result.status, raw=program.raw, detail=result.detail,
         plan=program.plan, program=program.code, answer_pytype=result.answer_pytype,
-        tool_calls=result.tool_calls, stdout=result.stdout,
-        timings={"execute_s": result.seconds}, extra={"isolation": result.isolation},
+        tool_calls=result.tool_calls, isolation=result.isolation, stdout=result.stdout,
+        timings={"execute_s": result.seconds},
     )
 
 

@@ -29,6 +29,8 @@ class Formatted:
     choices: list[str] | None = None
     compat_gold: Any = None  # gold as the original evaluation compared it
     compat_meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # merged into Sample.meta
+    subset: str | None = None  # overrides the dataset part as the sample's subset
 
 
 Formatter = Callable[[dict, TaskConfig], Formatted]
@@ -165,3 +167,50 @@ def realworldqa_options(row: dict, config: TaskConfig) -> Formatted:
             raise RowFormatError(f"answer {raw!r} matches none of the options {values}")
         gold = matches[0]
     return Formatted(options_question(question, values), gold, AnswerType.MULTIPLE_CHOICE, values, gold)
+
+
+# Columns ``per_row`` passes on to ``Sample.meta`` (column -> key), and the columns
+# that name a row's subset, first present wins.
+META_COLUMNS = {"program": "reference_program", "scene_json": "scene", "depth": "depth"}
+SUBSET_COLUMNS = ("subset", "family")
+_PER_ROW_TYPES = tuple(t for t in AnswerType.ALL if t != AnswerType.NONE)
+
+
+def _gold_option(gold: str, choices: list[str], column: str) -> str:
+    """The option a gold answer names: the option text itself, or its letter."""
+    if gold in choices:
+        return gold
+    if re.fullmatch(r"\(?[A-Za-z]\)?", gold):
+        index = ord(gold.strip("()").upper()) - ord("A")
+        if 0 <= index < len(choices):
+            return choices[index]
+    matches = [c for c in choices if normalize_text(c) == normalize_text(gold)]
+    if len(matches) == 1:
+        return matches[0]
+    raise RowFormatError(f"field {column!r}: answer {gold!r} names none of the options {choices}")
+
+
+@FORMATTERS.register("per_row")
+def per_row(row: dict, config: TaskConfig) -> Formatted:
+    """Answer type and options read from each row (``fields.answer_type``, ``fields.choices``),
+    for datasets that mix question kinds; reference programs, scene files and the
+    subset travel along in ``meta`` (see META_COLUMNS and SUBSET_COLUMNS)."""
+    if not config.answers:
+        return _withheld(row, config)
+    question = render_question(row, config)
+    answer_type = field_value(row, config.fields.answer_type, "answer_type")
+    if answer_type not in _PER_ROW_TYPES:
+        raise RowFormatError(f"field {config.fields.answer_type!r} should be one of {', '.join(_PER_ROW_TYPES)}, "
+                             f"got {answer_type!r}")
+    raw = field_value(row, config.fields.answer, "answer")
+    gold = typed_gold(raw, answer_type, config.fields.answer)
+    choices = None
+    if answer_type == AnswerType.MULTIPLE_CHOICE:
+        values = field_value(row, config.fields.choices, "choices")
+        if not isinstance(values, (list, tuple)) or len(values) < 2:
+            raise RowFormatError(f"field {config.fields.choices!r} should list at least two options, got {values!r}")
+        choices = [str(c) for c in values]
+        gold = _gold_option(gold, choices, config.fields.answer)
+    meta = {key: row[column] for column, key in META_COLUMNS.items() if row.get(column) is not None}
+    subset = next((str(row[c]) for c in SUBSET_COLUMNS if row.get(c) not in (None, "")), None)
+    return Formatted(question, gold, answer_type, choices, raw, meta=meta, subset=subset)

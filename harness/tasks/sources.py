@@ -113,6 +113,9 @@ def _arrow_image_bytes(table: Any, row: int, column: str, root: Path) -> bytes:
     raise ValueError(f"column {column!r} holds neither bytes nor a path")
 
 
+SOURCES.register("synthetic", "harness.synthetic.source:SyntheticSource")
+
+
 @SOURCES.register("hub")
 class HubSource(Source):
     def __init__(self, task: str, spec: DatasetSpec, fields: FieldMap, data_dir: Path | None) -> None:

@@ -102,5 +102,6 @@ class Task:
         return Sample(
             id=sample_id, task=self.name, question=formatted.question, answer=formatted.answer,
             answer_type=formatted.answer_type, image=raw.image, choices=formatted.choices, cluster=cluster,
-            subset=raw.part.label, compat_gold=formatted.compat_gold, meta={"compat": formatted.compat_meta},
+            subset=formatted.subset or raw.part.label, compat_gold=formatted.compat_gold,
+            meta={**formatted.meta, "compat": formatted.compat_meta},
         )

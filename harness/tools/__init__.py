@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.registry import Registry
+from harness.sandbox.runtime import ToolError, encode_argument
 from harness.tools.api import API, check_call
 from harness.types import ImageRef, Sample
 
-__all__ = ["TOOL_BACKENDS", "ToolBackend", "ToolContext", "ToolSession", "make_backend"]
+__all__ = ["TOOL_BACKENDS", "ToolBackend", "ToolContext", "ToolSession", "in_process_caller", "make_backend"]
 
 
 @dataclass
@@ -62,6 +63,20 @@ class ToolSession:
     def call(self, name: str, args: list, kwargs: dict) -> Any:
         checked = check_call(name, args, kwargs)
         return getattr(self.backend, checked.tool)(self.context, **checked.arguments)
+
+
+def in_process_caller(handler: Any):
+    """A program namespace's ``call`` that reaches a tool handler directly, as the
+    sandbox does over its channel: same argument encoding, failures as ToolError.
+    Only for trusted programs (ours), e.g. while generating a benchmark."""
+
+    def call(name: str, args: tuple, kwargs: dict) -> Any:
+        try:
+            return handler.call(name, encode_argument(list(args)), encode_argument(dict(kwargs)))
+        except (TypeError, ValueError) as exc:
+            raise ToolError(f"{name}: {exc}") from None
+
+    return call
 
 
 TOOL_BACKENDS: Registry[type[ToolBackend]] = Registry("tool backend")
