@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from harness.registry import UnknownNameError
 from harness.runner import RunError, RunOptions, evaluate, find_records, rescore
+from harness.sandbox.executor import SandboxError
 from harness.sandbox.isolation import IsolationError
 from harness.scoring import JudgeSpec
 from harness.systems import SystemConfigError, SystemRegistry
@@ -27,7 +28,7 @@ log = logging.getLogger("harness")
 
 # Errors a user can fix from the message alone: shown without a traceback.
 _USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError,
-                DatasetUnavailableError, IsolationError, ImageError, FileNotFoundError, FileExistsError)
+                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError)
 
 
 def parse_key_values(text: str | None) -> dict[str, Any]:

@@ -236,3 +236,11 @@ def test_exec_command_prints_the_result_as_json(tmp_path, capsys):
     assert main(["exec", str(program), "--image", str(image), "--tools", "none"]) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["status"] == "exception" and "NameError" in result["detail"]
+
+
+def test_private_tmp_is_mounted_before_the_python_installation():
+    """A virtual environment under /tmp must stay visible inside bubblewrap."""
+    from harness.sandbox.isolation import IsolationPlan, zygote_command
+
+    command = zygote_command(IsolationPlan("bwrap", 0, False), 3, "{}")
+    assert command.index("--tmpfs") < command.index("--ro-bind")

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 _CHILD_FAILURE = 70  # exit code of a child whose runtime (not the program) failed
 
 
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run (not a program's failure)."""
+
+
 @dataclass(frozen=True)
 class SandboxPolicy:
     """Limits for one program. Wall time excludes time spent waiting for tools."""
@@ -140,9 +144,9 @@ class Sandbox:
         except (EOFError, OSError, runtime.ProtocolError) as exc:
             error = self._process.stderr.read().decode(errors="replace")[-2000:] if self._process.stderr else ""
             self._process.kill()
-            raise RuntimeError(f"the sandbox failed to start ({exc}): {error}") from exc
+            raise SandboxError(f"the sandbox ({', '.join(self.isolation)}) failed to start ({exc}): {error}") from exc
         if ready.get("op") != "ready":
-            raise RuntimeError(f"the sandbox sent {ready!r} instead of ready")
+            raise SandboxError(f"the sandbox sent {ready!r} instead of ready")
         parent_end.settimeout(None)
         self._control = parent_end
         self._reader = threading.Thread(target=self._read_control, args=(parent_end,), daemon=True,
@@ -191,6 +195,11 @@ class Sandbox:
             if self._process.stderr:
                 self._process.stderr.close()
             self._process = None
+
+    def start(self) -> None:
+        """Start the zygote now (it also starts on first use); raises SandboxError."""
+        with self._lock:
+            self._start()
 
     def close(self) -> None:
         with self._lock:

@@ -143,9 +143,11 @@ def zygote_command(plan: IsolationPlan, control_fd: int, config_json: str) -> li
               str(control_fd), config_json]
     if plan.launcher == "bwrap":
         env = [arg for key, value in SANDBOX_ENV.items() for arg in ("--setenv", key, value)]
+        # The private /tmp comes first: a later mount over it would hide a Python
+        # installation that lives under /tmp.
         return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", *env,
-                "--setenv", "HOME", "/tmp", *_bwrap_binds(readable_paths()),
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                "--setenv", "HOME", "/tmp", "--tmpfs", "/tmp", *_bwrap_binds(readable_paths()),
+                "--proc", "/proc", "--dev", "/dev",
                 "--uid", "65534", "--gid", "65534", "--chdir", "/tmp", "--", *python]
     if plan.launcher == "unshare":
         return [*unshare_prefix(), "--", *python]

@@ -68,6 +68,9 @@ class ProgramSystem(System):
                 self._sandbox = Sandbox(self._policy, self._isolation)
             return self._sandbox
 
+    def prepare(self, tasks) -> None:
+        self.sandbox.start()  # a sandbox that cannot start stops the run here, not sample by sample
+
     def write_program(self, sample: Sample) -> Program | Prediction:
         """The program for a sample, or a finished prediction when there is none."""
         raise NotImplementedError
@@ -119,6 +122,9 @@ class ReferenceSystem(ProgramSystem):
     """Runs each sample's reference program (the synthetic benchmark ships one per question)."""
 
     kind = "reference"
+
+    def prepare(self, tasks) -> None:
+        self.sandbox.start()  # a sandbox that cannot start stops the run here, not sample by sample
 
     def write_program(self, sample: Sample) -> Program | Prediction:
         code = sample.meta.get("reference_program")
