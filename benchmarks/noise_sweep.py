@@ -32,7 +32,7 @@ def main() -> None:
         for level in map(float, args.levels.split(",")):
             options = RunOptions(system="reference", tasks=["synthetic"], output_path=Path(tmp) / f"noise-{level}",
                                  limit=args.limit,
-                                 system_args={"tool_options.noise": level, "tool_options.noise_seed": args.seed})
+                                 system_args={"tool_options.oracle.noise": level, "tool_options.oracle.noise_seed": args.seed})
             result = evaluate(options)["results"]["synthetic"]
             rows.append((level, result))
 

@@ -42,6 +42,18 @@ def parse_key_values(text: str | None) -> dict[str, Any]:
     return out
 
 
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"detector.checkpoint": x} -> {"detector": {"checkpoint": x}}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        target = out
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return out
+
+
 def parse_limit(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -87,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-args", metavar="K=V,...", help="override parameters of the system file")
     p.add_argument("--log-samples", action="store_true",
                    help="also keep bulky per-sample traces (prompts, program stdout) in the records")
+    p.add_argument("--tools", metavar="BACKEND", help="tool backend for program systems (oracle, real)")
+    p.add_argument("--device", help="device for the models the system loads (auto, cpu, cuda, cuda:1, ...)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
     _add_judge_args(p)
@@ -100,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "process"])
     p.add_argument("--timeout", type=float, default=60.0, help="wall-clock limit in seconds")
 
+    p = sub.add_parser("grounding-eval", help="measure the detector and depth tools against exact ground truth")
+    p.add_argument("--tasks", default="synthetic", help="tasks whose samples carry scene ground truth")
+    p.add_argument("--tools", default="real", help="tool backend to measure (default: real)")
+    p.add_argument("--tool-options", metavar="K=V,...", help="settings of the tool backend, e.g. noise=0.2")
+    p.add_argument("--device", help="device for the models (backends that load any)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N scenes")
+    p.add_argument("--output-path", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    p.add_argument("--data-dir", metavar="DIR")
+
     p = sub.add_parser("score", help="score a run's saved predictions again (no model is run)")
     p.add_argument("run_dir", type=Path)
     _add_judge_args(p)
@@ -109,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sample_id")
     p.add_argument("--task", help="which task, when several have this id")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    p = sub.add_parser("convert-detector", help="convert an original GroundingDINO .pth into a transformers folder")
+    p.add_argument("checkpoint", type=Path, help="original checkpoint (IDEA-Research or Open-GroundingDino .pth)")
+    p.add_argument("out_dir", type=Path, help="folder to write config, weights and processor files into")
+    p.add_argument("--config", default="IDEA-Research/grounding-dino-tiny", metavar="MODEL_DIR_OR_HUB_ID",
+                   help="transformers config and processor of the same architecture (default: %(default)s)")
+    p.add_argument("--allow-unexpected", action="store_true", help="drop (and list) keys no conversion rule knows")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     return parser
 
 
@@ -158,8 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = TaskRegistry(args.include_path)
     systems = SystemRegistry(args.include_path)
     system_args = parse_key_values(args.system_args)
-    if args.predictions:
-        system_args["path"] = args.predictions
+    for key, value in (("path", args.predictions), ("tools", args.tools), ("device", args.device)):
+        if value is not None:
+            system_args[key] = value
     output = args.output_path or Path("results") / "runs" / f"{args.system}-{datetime.now():%Y%m%d-%H%M%S}"
     options = RunOptions(
         system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
@@ -185,13 +218,33 @@ def cmd_exec(args: argparse.Namespace) -> int:
     sample = Sample(id=args.program.stem, task="exec", question="", answer=None, answer_type="none", image=image,
                     meta={"scene": str(args.scene)} if args.scene else {})
     context = ToolContext(image, image.size(), sample, key=args.program.stem)
-    backend = None if args.tools == "none" else make_backend(args.tools, **parse_key_values(args.tool_options))
+    backend = None if args.tools == "none" else make_backend(args.tools, **nested(parse_key_values(args.tool_options)))
     with Sandbox(SandboxPolicy(wall_seconds=args.timeout), args.isolation) as sandbox:
         result = sandbox.run(code, backend.session(context) if backend else None, context.image_size)
     if backend is not None:
         backend.close()
     print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
     return 0 if result.status == "ok" else 1
+
+
+def cmd_grounding_eval(args: argparse.Namespace) -> int:
+    from harness.tools import make_backend
+    from harness.tools.grounding_eval import format_report, grounding_eval, report_json
+
+    options = nested(parse_key_values(args.tool_options))
+    if args.device:
+        options["device"] = args.device
+    registry = TaskRegistry(args.include_path)
+    backend = make_backend(args.tools, **options)
+    try:
+        for name in registry.expand(args.tasks):
+            report = grounding_eval(backend, registry.task(name, args.data_dir).samples(), args.limit)
+            print(format_report(f"{name}, tools {args.tools}", report))
+            if args.output_path:
+                args.output_path.write_text(report_json(report, backend.describe()) + "\n")
+    finally:
+        backend.close()
+    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -238,11 +291,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_detector(args: argparse.Namespace) -> int:
+    # Imported here: torch and transformers would slow every other command's start-up.
+    from harness.tools.convert import ConversionError, convert_detector
+
+    try:
+        report = convert_detector(args.checkpoint, args.out_dir, args.config,
+                                  allow_unexpected=args.allow_unexpected, overwrite=args.overwrite)
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    command = {"list": cmd_list, "run": cmd_run, "exec": cmd_exec, "score": cmd_score, "show": cmd_show}[args.command]
+    command = {"list": cmd_list, "run": cmd_run, "exec": cmd_exec, "grounding-eval": cmd_grounding_eval,
+               "score": cmd_score, "show": cmd_show,
+               "convert-detector": cmd_convert_detector}[args.command]
     try:
         return command(args)
     except _USER_ERRORS as exc:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from fake_openai import Reply, running_chat_server
 from harness.cache import ResponseCache, cache_key
 from harness.registry import UnknownNameError
 from harness.scoring import (
@@ -808,52 +806,10 @@ def test_make_judge_without_model_is_exact_match(tmp_path):
 # --------------------------------------------------------------------------- judge over HTTP
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server naming)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        server = self.server
-        server.requests.append({"path": self.path, "body": body, "authorization": self.headers.get("Authorization")})
-        status, content = server.replies.pop(0) if server.replies else (500, "no scripted reply")
-        if status == 200:
-            payload = {
-                "id": f"chatcmpl-{len(server.requests)}",
-                "object": "chat.completion",
-                "created": 1700000000,
-                "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-            }
-        else:
-            payload = {"error": {"message": content, "type": "invalid_request_error", "code": None}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format, *args):  # keep test output quiet
-        pass
-
-
 @pytest.fixture
 def chat_server(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
-    server.requests = []
-    server.replies = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running_chat_server(monkeypatch) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_llm_judge_over_http(chat_server, tmp_path, monkeypatch):
@@ -862,7 +818,7 @@ def test_llm_judge_over_http(chat_server, tmp_path, monkeypatch):
     spec = JudgeSpec(model="judge-7b", base_url=f"http://127.0.0.1:{port}/v1", api_key_env="FAKE_JUDGE_KEY")
     judge = make_judge(spec, cache_dir=tmp_path)
     assert judge.name == f"judge-7b@http://127.0.0.1:{port}/v1"
-    chat_server.replies += [(200, "1"), (200, "<answer>0</answer>")]
+    chat_server.script += [Reply(content="1"), Reply(content="<answer>0</answer>")]
 
     record = score_record(make_record(AnswerType.OPEN, "two mugs", "2 mugs", question="What is on the desk?"),
                           "judge", judge)
@@ -872,7 +828,7 @@ def test_llm_judge_over_http(chat_server, tmp_path, monkeypatch):
 
     request = chat_server.requests[0]
     assert request["path"] == "/v1/chat/completions"
-    assert request["authorization"] == "Bearer sk-test-123"
+    assert request["headers"]["authorization"] == "Bearer sk-test-123"
     assert request["body"]["model"] == "judge-7b"
     assert request["body"]["temperature"] == 0.0
     assert request["body"]["messages"][0]["role"] == "system"
@@ -896,21 +852,24 @@ def test_llm_judge_over_http_without_temperature(chat_server, tmp_path, monkeypa
     port = chat_server.server_address[1]
     judge = make_judge(JudgeSpec(model="reasoner", base_url=f"http://127.0.0.1:{port}/v1", temperature=None),
                        cache_dir=tmp_path)
-    chat_server.replies.append((200, " 0 "))
+    chat_server.script.append(Reply(content=" 0 "))
     assert judge.judge("q", "left", "right") == Verdict(0.0)
     body = chat_server.requests[0]["body"]
     assert "temperature" not in body
-    assert chat_server.requests[0]["authorization"] == "Bearer EMPTY"
+    assert chat_server.requests[0]["headers"]["authorization"] == "Bearer EMPTY"
 
 
 def test_llm_judge_over_http_error_is_reported(chat_server, tmp_path):
     port = chat_server.server_address[1]
     judge = make_judge(JudgeSpec(model="judge-7b", base_url=f"http://127.0.0.1:{port}/v1"), cache_dir=tmp_path)
-    chat_server.replies += [(400, "model judge-7b does not exist"), (200, "1")]  # 400 is not retried
+    chat_server.script += [Reply(status=400, body={"error": {"message": "model judge-7b does not exist",  # not retried
+                                                              "type": "invalid_request_error", "code": None}}),
+                           Reply(content="1")]
     record = score_record(make_record(AnswerType.OPEN, "two mugs", "2 mugs"), "judge", judge)
     assert record["parse"] == Parse.JUDGE_ERROR
     assert record["scores"] == {"strict": 0.0, "compat": 0.0}
-    assert record["judge"]["error"].startswith("BadRequestError")
+    assert record["judge"]["error"].startswith("BackendError: judge-7b at ")
+    assert "HTTP 400" in record["judge"]["error"] and "after 1 attempt" in record["judge"]["error"]
     assert "model judge-7b does not exist" in record["judge"]["error"]
     assert len(chat_server.requests) == 1
     # nothing was cached, so the next scoring asks again and succeeds

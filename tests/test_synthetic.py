@@ -27,6 +27,7 @@ from harness.synthetic.validate import reference_score, run_program
 from harness.tools import ToolContext
 from harness.tools.api import IMAGE_MARKER
 from harness.tools.oracle import SceneOracleBackend
+from toy import SMALL_SYNTHETIC_TASK
 
 CAMERA = Camera()
 F, CX, CY, G = CAMERA.focal, CAMERA.cx, CAMERA.cy, CAMERA.elevation
@@ -357,35 +358,13 @@ def test_task_loads_with_meta(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- through the CLI and the sandbox
 
-SMALL_TASK = """\
-task: synthetic_small
-dataset:
-  path: synthetic/small
-  kind: synthetic
-  parts:
-    - split: test
-  options:
-    seed: 5
-    scenes: 12
-fields:
-  id: id
-  question: question
-  answer: answer
-  image: image
-  answer_type: answer_type
-  choices: choices
-  cluster: scene
-formatter: per_row
-"""
-
-
 def test_reference_system_scores_everything_in_the_sandbox_and_less_with_noise(tmp_path, monkeypatch, capsys):
     from harness.cli import main
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     include = tmp_path / "include"
     include.mkdir()
-    (include / "synthetic_small.yaml").write_text(SMALL_TASK)
+    (include / "synthetic_small.yaml").write_text(SMALL_SYNTHETIC_TASK)
     base = ["run", "--system", "reference", "--tasks", "synthetic_small", "--include-path", str(include)]
     assert main([*base, "--output-path", str(tmp_path / "clean")]) == 0
     clean = json.loads((tmp_path / "clean" / "results.json").read_text())["results"]["synthetic_small"]
@@ -397,7 +376,7 @@ def test_reference_system_scores_everything_in_the_sandbox_and_less_with_noise(t
 
     noisy = []
     for attempt in ("noisy", "noisy-again"):  # the same noise seed gives the same tool outputs
-        assert main([*base, "--output-path", str(tmp_path / attempt), "--system-args", "tool_options.noise=0.6"]) == 0
+        assert main([*base, "--output-path", str(tmp_path / attempt), "--system-args", "tool_options.oracle.noise=0.6"]) == 0
         records = (tmp_path / attempt / "samples_synthetic_small.jsonl").read_text().splitlines()
         noisy.append(sorted((r["id"], r["prediction"]) for r in map(json.loads, records)))
         accuracy = json.loads((tmp_path / attempt / "results.json").read_text())["results"]["synthetic_small"]

@@ -71,3 +71,26 @@ class PidReporter(SlowOracle):
 
     def prepare(self, tasks) -> None:
         Path(self.params["pid_file"]).write_text(str(os.getpid()))
+
+
+# A 12-scene synthetic benchmark, quick to generate, for end-to-end runs.
+SMALL_SYNTHETIC_TASK = """\
+task: synthetic_small
+dataset:
+  path: synthetic/small
+  kind: synthetic
+  parts:
+    - split: test
+  options:
+    seed: 5
+    scenes: 12
+fields:
+  id: id
+  question: question
+  answer: answer
+  image: image
+  answer_type: answer_type
+  choices: choices
+  cluster: scene
+formatter: per_row
+"""

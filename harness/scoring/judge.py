@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.backends import OpenAIChat
 from harness.cache import ResponseCache, cache_key, default_cache_dir
 from harness.scoring.extract import normalize_text
 
 log = logging.getLogger(__name__)
 
 JUDGE_PROMPT_VERSION = 1
+JUDGE_TIMEOUT_S = 120
+JUDGE_MAX_RETRIES = 4
 _SYSTEM = (
     "You grade short answers to questions about images. You are given the question, "
     "the reference answer and a candidate answer; you do not see the image. Decide "
@@ -125,25 +127,12 @@ class LLMJudge(Judge):
         return Verdict(score)
 
 
-def openai_chat_completer(model: str, base_url: str | None, api_key: str | None,
-                          temperature: float | None = 0.0) -> Callable[[list[dict]], str]:
-    """Chat completion through any OpenAI-compatible endpoint (the SDK retries 429/5xx)."""
-    from openai import OpenAI
-
-    client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=4, timeout=120)
-    sampling = {} if temperature is None else {"temperature": temperature}
-
-    def complete(messages: list[dict]) -> str:
-        response = client.chat.completions.create(model=model, messages=messages, **sampling)
-        return response.choices[0].message.content or ""
-
-    return complete
-
-
 def make_judge(spec: JudgeSpec, cache_dir: Path | None = None) -> Judge:
     if spec.model is None:
         return ExactMatchJudge()
     cache = ResponseCache((cache_dir or default_cache_dir()) / "judge.sqlite")
+    # The name keys the verdict cache; it stays as it was so existing caches keep serving.
     name = f"{spec.model}@{spec.base_url or 'default'}"
-    complete = openai_chat_completer(spec.model, spec.base_url, os.environ.get(spec.api_key_env), spec.temperature)
-    return LLMJudge(name, complete, cache)
+    backend = OpenAIChat(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env,
+                         temperature=spec.temperature, timeout_s=JUDGE_TIMEOUT_S, max_retries=JUDGE_MAX_RETRIES)
+    return LLMJudge(name, backend.complete, cache)

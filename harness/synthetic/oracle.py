@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness.synthetic.scene import COLORS, SHAPES, Scene, SceneObject
+from harness.tools.api import probe_pixel
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -82,15 +83,6 @@ def parse_phrase(text: str) -> Phrase | None:
     if len(colors) > 1 or len(shapes) > 1:
         return None
     return Phrase(next(iter(colors), None), next(iter(shapes), None))
-
-
-def probe_pixel(box_or_point: Sequence[float], width: int, height: int) -> tuple[int, int]:
-    """(column, row) the depth tool reads: a box's centre or the point, clamped into the image."""
-    if len(box_or_point) == 4:
-        x, y = (box_or_point[0] + box_or_point[2]) / 2, (box_or_point[1] + box_or_point[3]) / 2
-    else:
-        x, y = box_or_point
-    return min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

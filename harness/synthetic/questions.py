@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.synthetic import programs
-from harness.synthetic.oracle import probe_pixel
+from harness.tools.api import probe_pixel
 from harness.synthetic.scene import COLORS, SHAPES, Scene, SceneObject
 from harness.tasks.formats import options_question
 from harness.types import AnswerType

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -10,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
 from harness.systems.base import System
-from harness.tools import ToolBackend, ToolContext, make_backend
+from harness.tools import TOOL_BACKENDS, ToolBackend, ToolContext, make_backend
 from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ class ProgramSystem(System):
     """Writes (or looks up) a program per sample and runs it, several at a time.
 
     Parameters (system file ``params``): ``tools`` (a tool backend name),
-    ``tool_options`` (its settings), ``concurrency`` (programs in flight),
-    ``isolation`` (auto, bwrap, unshare, process) and ``limits`` (fields of
-    :class:`SandboxPolicy`, e.g. ``wall_seconds``).
+    ``tool_options`` (settings per backend name, so switching ``tools`` needs no
+    other change), ``device`` (for backends that load models), ``concurrency``
+    (programs in flight), ``isolation`` (auto, bwrap, unshare, process) and
+    ``limits`` (fields of :class:`SandboxPolicy`, e.g. ``wall_seconds``).
     """
 
     kind = "program"
@@ -58,7 +60,11 @@ class ProgramSystem(System):
     def backend(self) -> ToolBackend:
         with self._setup:
             if self._backend is None:
-                self._backend = make_backend(self.params.get("tools", "oracle"), **(self.params.get("tool_options") or {}))
+                name = self.params.get("tools", "oracle")
+                options = dict((self.params.get("tool_options") or {}).get(name) or {})
+                if "device" in self.params and "device" in inspect.signature(TOOL_BACKENDS.get(name)).parameters:
+                    options.setdefault("device", self.params["device"])
+                self._backend = make_backend(name, **options)
             return self._backend
 
     @property

@@ -7,7 +7,7 @@ the backend with the program's context (its image, and its sample).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.registry import Registry
@@ -20,12 +20,29 @@ __all__ = ["TOOL_BACKENDS", "ToolBackend", "ToolContext", "ToolSession", "in_pro
 
 @dataclass
 class ToolContext:
-    """What a program's tools may look at."""
+    """What a program's tools may look at. The decoded image and its hash are
+    computed once per program, however many tool calls it makes."""
 
     image: ImageRef | None
     image_size: tuple[int, int]
     sample: Sample | None = None
     key: str = ""  # a stable name for the program's sample, used to seed noise
+    _pil: Any = field(default=None, repr=False)
+    _hash: str | None = field(default=None, repr=False)
+
+    def pil(self) -> Any:
+        if self._pil is None:
+            if self.image is None:
+                raise ValueError("this program has no image")
+            self._pil = self.image.load()
+        return self._pil
+
+    def image_hash(self) -> str:
+        if self._hash is None:
+            if self.image is None:
+                raise ValueError("this program has no image")
+            self._hash = self.image.content_hash()
+        return self._hash
 
 
 class ToolBackend:
@@ -81,6 +98,7 @@ def in_process_caller(handler: Any):
 
 TOOL_BACKENDS: Registry[type[ToolBackend]] = Registry("tool backend")
 TOOL_BACKENDS.register("oracle", "harness.tools.oracle:OracleBackend")
+TOOL_BACKENDS.register("real", "harness.tools.models:ModelBackend")
 
 
 def make_backend(name: str, **options: Any) -> ToolBackend:

@@ -12,7 +12,7 @@ import inspect
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 IMAGE_MARKER = {"__image__": True}
 
@@ -95,6 +95,15 @@ def box_value(value: Any, name: str = "box") -> list[float]:
     if box[2] < box[0] or box[3] < box[1]:
         raise ValueError(f"{name} must be [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2, got {value!r}")
     return box
+
+
+def probe_pixel(box_or_point: Sequence[float], width: int, height: int) -> tuple[int, int]:
+    """(column, row) the depth tool reads: a box's centre pixel or the point, clamped into the image."""
+    if len(box_or_point) == 4:
+        x, y = (box_or_point[0] + box_or_point[2]) / 2, (box_or_point[1] + box_or_point[3]) / 2
+    else:
+        x, y = box_or_point
+    return min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)
 
 
 def split_phrases(phrases: str) -> list[str]:

@@ -15,7 +15,7 @@ from harness.tools import ToolBackend, ToolContext
 
 
 @functools.lru_cache(maxsize=64)
-def _load_scene(scene_json: str, depth_file: str) -> tuple[Scene, np.ndarray]:
+def load_scene(scene_json: str, depth_file: str) -> tuple[Scene, np.ndarray]:
     scene = Scene.from_dict(json.loads(Path(scene_json).read_text(encoding="utf-8")))
     with np.load(depth_file) as data:
         return scene, data["depth"]
@@ -43,7 +43,7 @@ class OracleBackend(ToolBackend):
         if not meta.get("scene"):
             raise ValueError("the oracle tools need the scene's ground truth; this sample has none "
                              "(only the synthetic benchmark has scenes; `harness exec` takes --scene)")
-        scene, depth_map = _load_scene(meta["scene"], meta.get("depth") or depth_file_for(meta["scene"]))
+        scene, depth_map = load_scene(meta["scene"], meta.get("depth") or depth_file_for(meta["scene"]))
         return OracleTools(scene, depth_map, context.image_size, noise=self.noise, noise_seed=self.noise_seed,
                            key=context.key)
 

@@ -1,0 +1,165 @@
+"""The tool server: real models behind the tool API, batched and cached.
+
+One ``ModelBackend`` in the parent process answers the tool calls of every
+running program (the sandbox forwards them). Models load once per process, on
+first use. Concurrent detector and depth requests are gathered into batches
+(``max_batch``, waiting at most ``max_wait_ms``). Every answer is cached on disk
+(SQLite, one row per answer, so an interrupted run keeps what it computed and
+runs share the file), keyed by the image's content hash, the tool, the
+arguments and the model fingerprint: re-running an evaluation or an ablation
+with the same programs makes no repeated model calls. VQA failures are never
+cached; they reach the program as a ToolError.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import Counter, OrderedDict
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from harness.cache import ResponseCache, cache_key, default_cache_dir
+from harness.devices import resolve_device
+from harness.tools import ToolBackend, ToolContext
+from harness.tools.batching import MicroBatcher
+from harness.tools.depth import DepthModel, DepthSettings, depth_at
+from harness.tools.detector import DetectorSettings, GroundingDinoDetector
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_detector(settings: DetectorSettings) -> GroundingDinoDetector:
+    return GroundingDinoDetector(**settings.__dict__)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_depth(settings: DepthSettings) -> DepthModel:
+    return DepthModel(**settings.__dict__)
+
+
+class ModelBackend(ToolBackend):
+    """``tools: real`` in a system file; ``tool_options`` configure each model:
+
+    ``detector`` (checkpoint, box_threshold, text_threshold, label_match, nms_iou),
+    ``depth`` (backend moge|transformers, checkpoint, resolution_level),
+    ``vqa`` (backend openai|transformers, model or checkpoint, base_url, ...),
+    ``device`` (auto, cpu, cuda, cuda:1, ...), ``cache``, ``cache_dir``,
+    ``max_batch``, ``max_wait_ms``, ``depth_max_batch`` (default: ``max_batch``
+    on a GPU, 1 on the CPU, where a batched MoGe forward pass measured slower
+    than the same images one by one).
+    """
+
+    def __init__(self, device: str = "auto", detector: dict | None = None, depth: dict | None = None,
+                 vqa: dict | None = None, cache: bool = True, cache_dir: str | None = None, max_batch: int = 8,
+                 max_wait_ms: float = 10.0, depth_max_batch: int | None = None, depth_maps_in_memory: int = 32) -> None:
+        self.detector = _shared_detector(DetectorSettings(**{"device": device, **(detector or {})}))
+        self.depth_model = _shared_depth(DepthSettings(**{"device": device, **(depth or {})}))
+        self._vqa_options = dict(vqa or {})
+        self._vqa_tool = None
+        self._cache = ResponseCache(Path(cache_dir or default_cache_dir()) / "tools.sqlite") if cache else None
+        self._detect = MicroBatcher(self.detector.detect_batch, max_batch, max_wait_ms / 1000, "detector-batches")
+        if depth_max_batch is None:
+            on_gpu = resolve_device(self.depth_model.settings.device).startswith("cuda")
+            depth_max_batch = max_batch if on_gpu else 1
+        self._depth = MicroBatcher(self._depth_batch, depth_max_batch, max_wait_ms / 1000, "depth-batches")
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._maps_limit = depth_maps_in_memory
+        self._pending_maps: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self.stats: Counter = Counter()
+
+    # ------------------------------------------------------------------ caching
+
+    def _cached(self, tool: str, context: ToolContext, arguments: Any, fingerprint: str,
+                compute: Callable[[], Any]) -> Any:
+        key = cache_key(tool, context.image_hash(), arguments, fingerprint) if self._cache is not None else None
+        if key is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self.stats[f"{tool}_cache_hits"] += 1
+                return hit
+        result = compute()
+        self.stats[f"{tool}_computed"] += 1
+        if key is not None:
+            self._cache.put(key, result)
+        return result
+
+    # ------------------------------------------------------------------ tools
+
+    def gd_detect(self, context: ToolContext, phrases: list[str]) -> list[dict[str, Any]]:
+        return self._cached("gd_detect", context, phrases, self.detector.fingerprint,
+                            lambda: self._detect.submit((context.pil(), phrases)))
+
+    def depth(self, context: ToolContext, box_or_point: list[float]) -> float:
+        return self._cached("depth", context, box_or_point, self.depth_model.fingerprint,
+                            lambda: depth_at(self._depth_map(context), box_or_point))
+
+    def vqa(self, context: ToolContext, box: list[float] | None, question: str) -> str:
+        tool = self.vqa_tool
+        return self._cached("vqa", context, [box, question], tool.fingerprint,
+                            lambda: tool.answer(context.pil(), box, question))
+
+    @property
+    def vqa_tool(self):
+        with self._lock:
+            if self._vqa_tool is None:
+                from harness.tools.vqa import VqaTool
+
+                self._vqa_tool = VqaTool(**self._vqa_options)
+            return self._vqa_tool
+
+    # ------------------------------------------------------------------ depth maps, one per image
+
+    def _depth_map(self, context: ToolContext) -> np.ndarray:
+        """The image's depth map: from memory, from a computation already under way
+        for another program on the same image, or computed now (batched)."""
+        key = context.image_hash()
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+            pending = self._pending_maps.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending_maps[key] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            depth_map = self._depth.submit(context.pil())
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._pending_maps.pop(key, None)
+        with self._lock:
+            self._maps[key] = depth_map
+            while len(self._maps) > self._maps_limit:
+                self._maps.popitem(last=False)
+        pending.set_result(depth_map)
+        return depth_map
+
+    def _depth_batch(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        self.stats["depth_maps"] += len(images)
+        return self.depth_model.depth_maps(images)
+
+    # ------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "real", "detector": self.detector.settings.__dict__,
+                "depth": self.depth_model.settings.__dict__, "vqa": self._vqa_options}
+
+    def close(self) -> None:
+        self._detect.close()
+        self._depth.close()
+        if self._vqa_tool is not None:
+            self._vqa_tool.close()
+        if self._cache is not None:
+            self._cache.close()
