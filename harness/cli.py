@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", metavar="FILE", help="JSONL answers for the predictions system")
     p.add_argument("--system-args", metavar="K=V,...", help="override parameters of the system file")
     p.add_argument("--log-samples", action="store_true",
-                   help="also keep bulky per-sample traces (prompts, program stdout) in the records")
+                   help="also keep the full request sent to the model in each record")
     p.add_argument("--tools", metavar="BACKEND", help="tool backend for program systems (oracle, real)")
     p.add_argument("--device", help="device for the models the system loads (auto, cpu, cuda, cuda:1, ...)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
@@ -181,8 +181,18 @@ def cmd_list(args: argparse.Namespace) -> int:
                        tablefmt="github"))
     else:
         registry = SystemRegistry(args.include_path)
-        rows = [[n, registry.config(n).kind, registry.config(n).description] for n in registry.names()]
-        print(tabulate(rows, headers=["system", "kind", "description"], tablefmt="github"))
+        rows = []
+        for name in registry.names():
+            c = registry.config(name)
+            model = c.params.get("llm") or c.params.get("vlm") or {}
+            tools = c.params.get("tools", "-")
+            detector = ((c.params.get("tool_options") or {}).get("real") or {}).get("detector", {}).get("checkpoint")
+            if tools == "real" and detector:
+                tools = f"real (detector {detector})"
+            rows.append([name, c.kind, model.get("model") or model.get("checkpoint") or "-",
+                         model.get("backend", "-"), tools, ", ".join(c.tables) or "-"])
+        print(tabulate(rows, headers=["system", "kind", "model", "backend", "tools", "paper tables"],
+                       tablefmt="github"))
     return 0
 
 

@@ -76,10 +76,10 @@ def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> d
         "program": prediction.program,
         "tool_calls": prediction.tool_calls,
         "isolation": prediction.isolation,
+        "stdout": prediction.stdout,  # a program's own prints, and the step traces of VisProg-style programs
         "timings": dict(prediction.timings),
     }
-    if log_samples:
-        record["stdout"] = prediction.stdout
+    if log_samples:  # the bulky part: the full request sent to the model
         record["extra"] = to_jsonable(prediction.extra)
     return record
 

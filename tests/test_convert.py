@@ -262,3 +262,19 @@ def test_wrong_architecture_and_untied_heads_are_refused(tiny: dict[str, Any], t
     state["bbox_embed.1.layers.0.bias"] = state["bbox_embed.1.layers.0.bias"] + 1.0
     with pytest.raises(ConversionError, match="decoder_bbox_embed_share"):
         convert_detector(save_original(tmp_path, state), tmp_path / "out", str(tiny["source"]))
+
+
+def test_detector_converts_an_original_checkpoint_on_first_use(tiny, tmp_path, monkeypatch):
+    """A system file may name the original-format .pth directly; it is converted once, into the cache."""
+    from harness.tools.detector import GroundingDinoDetector
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    detector = GroundingDinoDetector(checkpoint=str(tiny["checkpoint"]), original_config=str(tiny["source"]),
+                                     box_threshold=0.0, text_threshold=0.0, label_match="span")
+    found = detector.detect_batch([(tiny["image"], ["red cube"])])
+    converted = list((tmp_path / "cache" / "detectors").iterdir())
+    assert len(converted) == 1 and (converted[0] / "config.json").is_file()
+    again = GroundingDinoDetector(checkpoint=str(tiny["checkpoint"]), original_config=str(tiny["source"]),
+                                  box_threshold=0.0, text_threshold=0.0, label_match="span")
+    assert again.detect_batch([(tiny["image"], ["red cube"])]) == found
+    assert list((tmp_path / "cache" / "detectors").iterdir()) == converted

@@ -89,3 +89,59 @@ def save_depth_anything(folder: Path, seed: int = 0) -> Path:
     DepthAnythingForDepthEstimation(config).save_pretrained(folder)
     DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14).save_pretrained(folder)
     return folder
+
+
+# A ChatML template like Qwen3's: an empty think block after the generation
+# prompt when thinking is switched off (``enable_thinking=False``).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+_QWEN3_CORPUS = [
+    "How many red cubes are left of the blue sphere? Answer with a number.",
+    "Write a Python program that calls gd_detect(image, 'chair') and returns len(boxes).",
+    "def execute_command(image):\n    boxes = gd_detect(image, 'cup')\n    return len(boxes)",
+    "The answer is yes. The answer is no. final_answer = depth(image, box) * 2.5",
+    "<think>\n\n</think>\n\nThe mug is on the table, left of the chair.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 3.14 -2 [x1, y1, x2, y2]",
+] + [" ".join(WORDS)]
+
+
+def save_tiny_qwen3(folder: Path, seed: int = 0) -> Path:
+    """A random two-layer Qwen3 with a byte-level BPE tokenizer (512 tokens) trained
+    here and a chat template that honours ``enable_thinking``; its generation
+    config samples by default, as Qwen3's does."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_QWEN3_CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                         # At the usual 0.02 the tied embeddings dominate and the
+                         # model only repeats its last prompt token; larger weights
+                         # make replies differ from prompt to prompt.
+                         initializer_range=0.3)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.6, top_k=20, top_p=0.95,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

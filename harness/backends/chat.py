@@ -7,9 +7,10 @@ Messages are plain dicts, the same for every backend::
 
 :class:`OpenAIChat` sends them to any OpenAI-compatible endpoint (OpenAI,
 Gemini's compatibility endpoint, ``vllm serve``), with bounded concurrency and
-retries; :class:`TransformersChat` runs a Hugging Face vision-language model
-in this process. Both return the reply text or raise :class:`BackendError`;
-neither ever invents an answer.
+retries. The other backends live in their own modules (``transformers_chat``,
+``vllm``, ``genai``, ``scripted``, ``cached``) and are registered here by name,
+imported only when first asked for. Every backend returns the reply text or
+raises :class:`BackendError`; none ever invents an answer.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
 
 from PIL import Image
 
-from harness.devices import resolve_device, resolve_dtype
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 Message = dict[str, Any]
 
 ROLES = ("system", "user", "assistant")
+
+_T = TypeVar("_T")
 
 
 class BackendError(RuntimeError):
@@ -100,11 +104,16 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def image_data_uri(image: Image.Image) -> str:
-    """The image as a PNG data URI (lossless, so a remote model sees our exact pixels)."""
+def png_bytes(image: Image.Image) -> bytes:
+    """The image as RGB PNG bytes (lossless, so a remote model sees our exact pixels)."""
     buffer = io.BytesIO()
     _rgb(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def image_data_uri(image: Image.Image) -> str:
+    """The image as a PNG data URI."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 # ----------------------------------------------------------------------------- interface
@@ -123,6 +132,46 @@ class ChatBackend(abc.ABC):
         """The reply to ``messages``; ``sampling`` overrides the backend's settings for
         this call (temperature, max_tokens, ...). Raises BackendError on failure."""
 
+    def complete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
+        """Replies to many requests, in order; a failed request gives its BackendError
+        in its place instead of failing the others. Backends that can batch or run
+        requests concurrently override this; the default asks one at a time."""
+        replies: list[str | BackendError] = []
+        for messages in requests:
+            try:
+                replies.append(self.complete(messages, **sampling))
+            except BackendError as exc:
+                replies.append(exc)
+        return replies
+
+    def default_sampling(self) -> dict[str, Any]:
+        """The sampling settings a call inherits unless it overrides them (at least
+        ``temperature`` and ``seed`` where the backend has them), so a wrapper can
+        tell whether a call is deterministic. Empty: nothing is known."""
+        return {}
+
+    def _complete_concurrently(self, requests: list[list[Message]], sampling: Mapping[str, Any],
+                               workers: int) -> list[str | BackendError]:
+        """``complete`` for each request on up to ``workers`` threads, replies in order.
+
+        Messages are checked first, so a malformed request fails the call before
+        anything is sent rather than after some requests were paid for.
+        """
+        for messages in requests:
+            parse_messages(messages)
+
+        def one(messages: list[Message]) -> str | BackendError:
+            try:
+                return self.complete(messages, **sampling)
+            except BackendError as exc:
+                return exc
+
+        if len(requests) <= 1 or workers <= 1:
+            return [one(messages) for messages in requests]
+        with ThreadPoolExecutor(max_workers=min(workers, len(requests)),
+                                thread_name_prefix=type(self).__name__) as pool:
+            return list(pool.map(one, requests))
+
     def close(self) -> None:
         """Release connections or models."""
 
@@ -133,7 +182,22 @@ class ChatBackend(abc.ABC):
         self.close()
 
 
-# ----------------------------------------------------------------------------- OpenAI-compatible endpoints
+class BatchChatBackend(ChatBackend):
+    """A backend that answers a list of requests at once (one engine call, a batch,
+    a cache lookup): ``complete`` is ``complete_many`` of a single request."""
+
+    def complete(self, messages: list[Message], **sampling: Any) -> str:
+        reply = self.complete_many([messages], **sampling)[0]
+        if isinstance(reply, BackendError):
+            raise reply
+        return reply
+
+    @abc.abstractmethod
+    def complete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
+        """Replies to many requests, in order, a failed one giving its BackendError."""
+
+
+# ----------------------------------------------------------------------------- retries of remote calls
 
 # 408 request timeout, 409 lock conflict and 429 rate limit are transient by
 # definition; every 5xx is retried as well. Other 4xx are our fault: retrying
@@ -143,6 +207,18 @@ _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 def _retryable(status: int) -> bool:
     return status in _RETRYABLE_STATUSES or status >= 500
+
+
+def _count(attempts: int) -> str:
+    return f"{attempts} attempt" + ("" if attempts == 1 else "s")
+
+
+def exponential_backoff(attempt: int, backoff_s: float, max_backoff_s: float, rng: random.Random) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based) when the server
+    named no wait: exponential, capped, with jitter (a factor in [0.5, 1]) so
+    that many threads rejected together do not return together."""
+    ceiling = min(backoff_s * 2.0 ** (attempt - 1), max_backoff_s)
+    return ceiling * rng.uniform(0.5, 1.0)
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
@@ -169,6 +245,149 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a remote backend retries and shares its endpoint.
+
+    Every call makes at most ``1 + max_retries`` requests of at most
+    ``timeout_s`` each, and at most ``max_concurrency`` requests are in flight.
+    A transient failure is retried after the wait the server asks for (not
+    waited for at all when that is more than ``max_retry_after_s``), else after
+    :func:`exponential_backoff` from ``backoff_s`` capped at ``max_backoff_s``.
+    ``rng`` draws the jitter.
+    """
+
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    max_concurrency: int = 8
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 120.0
+    rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.max_concurrency < 1 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise ValueError("need max_retries >= 0, max_concurrency >= 1, timeout_s > 0 and backoff_s >= 0")
+        # Settings may come from YAML or the command line as other number types.
+        for name, kind in (("timeout_s", float), ("max_retries", int), ("max_concurrency", int),
+                           ("backoff_s", float), ("max_backoff_s", float), ("max_retry_after_s", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+    @property
+    def attempts(self) -> int:
+        return self.max_retries + 1
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt``: see :func:`exponential_backoff`."""
+        return exponential_backoff(attempt, self.backoff_s, self.max_backoff_s, self.rng)
+
+
+@dataclass(frozen=True)
+class AttemptFailure:
+    """One failed request as the retry loop reads it."""
+
+    text: str  # what happened, for messages: "HTTP 503 (overloaded)"
+    status: int | None = None  # None: no response came
+    retryable: bool = True
+    wait: float | None = None  # seconds the server asked us to wait, when it said
+    hint: str = ""  # appended to the final error only
+
+    @classmethod
+    def http(cls, status: int | None, detail: str, wait: float | None = None, hint: str = "") -> "AttemptFailure":
+        """An error status: 408, 409, 429 and 5xx are retried, others are final."""
+        return cls(f"HTTP {status} ({detail})", status, isinstance(status, int) and _retryable(status), wait, hint)
+
+    @classmethod
+    def timeout(cls, timeout_s: float) -> "AttemptFailure":
+        return cls(f"no response within {timeout_s:g} s")
+
+    @classmethod
+    def connection(cls, cause: BaseException) -> "AttemptFailure":
+        return cls(f"connection failed ({type(cause).__name__}: {cause})")
+
+
+def _policy_setting(name: str) -> property:
+    return property(lambda self: getattr(self.retry, name), doc=f"``retry.{name}``")
+
+
+class RemoteChatBackend(ChatBackend):
+    """A backend whose requests go to a remote API under a :class:`RetryPolicy`.
+
+    A subclass sets ``_where`` (the model and endpoint, for messages) and
+    ``_settings`` (its request defaults, which a call's sampling overlays),
+    sends one request through :meth:`_call_with_retries` and says in
+    :meth:`_failure` how its client's exceptions read. ``complete_many`` sends
+    its requests on ``max_concurrency`` threads at once, replies in order.
+    """
+
+    _where: str
+    _settings: dict[str, Any]
+
+    # Read-only views of the policy, under the names these backends have always had.
+    timeout_s = _policy_setting("timeout_s")
+    max_retries = _policy_setting("max_retries")
+    max_concurrency = _policy_setting("max_concurrency")
+    backoff_s = _policy_setting("backoff_s")
+    max_backoff_s = _policy_setting("max_backoff_s")
+    max_retry_after_s = _policy_setting("max_retry_after_s")
+
+    def __init__(self, retry: RetryPolicy) -> None:
+        self.retry = retry
+        self._slots = threading.BoundedSemaphore(retry.max_concurrency)
+
+    def default_sampling(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt``: see :func:`exponential_backoff`."""
+        return self.retry.backoff_delay(attempt)
+
+    def complete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
+        """All requests at once, ``max_concurrency`` in flight, replies in order."""
+        return self._complete_concurrently(requests, sampling, self.retry.max_concurrency)
+
+    @abc.abstractmethod
+    def _failure(self, exc: Exception) -> AttemptFailure | None:
+        """How a request's exception reads; None for one that is not a failed
+        request (a bug, an interrupted call), which is raised as it is."""
+
+    def _call_with_retries(self, send: Callable[[], _T]) -> tuple[_T, int]:
+        """``send()``'s result and the attempt (1-based) that got it; BackendError
+        once the failures are final or the attempts are spent."""
+        # Logged under the subclass's module, where its reader will look.
+        logger = logging.getLogger(type(self).__module__)
+        attempts = self.retry.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                # A slot is held per request, not across backoff sleeps, so a
+                # waiting call does not keep others from the endpoint.
+                with self._slots:
+                    return send(), attempt
+            except Exception as exc:
+                failure = self._failure(exc)
+                if failure is None:
+                    raise
+                last = exc
+            wait = failure.wait
+            if failure.retryable and wait is not None and wait > self.retry.max_retry_after_s and attempt < attempts:
+                raise BackendError(
+                    f"{self._where}: {failure.text}; the server asked to wait {wait:g} s, more than "
+                    f"max_retry_after_s={self.retry.max_retry_after_s:g}; gave up after {_count(attempt)}",
+                    status=failure.status, attempts=attempt) from last
+            if not failure.retryable or attempt == attempts:
+                break
+            delay = wait if wait is not None else self.backoff_delay(attempt)
+            logger.warning("%s: %s on attempt %d of %d; retrying in %.2f s", self._where, failure.text, attempt,
+                           attempts, delay)
+            time.sleep(delay)
+        logger.warning("%s: %s after %s", self._where, failure.text, _count(attempt))
+        raise BackendError(f"{self._where}: {failure.text} after {_count(attempt)}{failure.hint}",
+                           status=failure.status, attempts=attempt) from last
+
+
+# ----------------------------------------------------------------------------- OpenAI-compatible endpoints
+
+
 def _error_detail(exc: Any) -> str:
     """The server's own words for a failed request, shortened."""
     body = getattr(exc, "body", None)
@@ -188,7 +407,7 @@ def _error_detail(exc: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-class OpenAIChat(ChatBackend):
+class OpenAIChat(RemoteChatBackend):
     """Chat completions from any OpenAI-compatible endpoint.
 
     ``temperature=None`` leaves it unset (OpenAI's reasoning models accept only
@@ -207,42 +426,39 @@ class OpenAIChat(ChatBackend):
     in [0.5, 1]. A server asking for more than ``max_retry_after_s`` is not
     waited for. Other statuses, and replies that are not a chat completion with
     text, fail at once. At most ``max_concurrency`` requests of this backend
-    are in flight at any time, whatever the number of calling threads.
+    are in flight at any time, whatever the number of calling threads;
+    ``complete_many`` sends its requests on that many threads at once.
+
+    ``seed`` (here or per call) is sent when set; servers that honour it
+    (vLLM, OpenAI on a best-effort basis) then sample reproducibly.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 60, max_retries: int = 4, max_concurrency: int = 8,
                  temperature: float | None = 0.0, max_tokens: int | None = None,
-                 extra: dict[str, Any] | None = None, *, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 max_retry_after_s: float = 120.0) -> None:
+                 extra: dict[str, Any] | None = None, *, seed: int | None = None, backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0, max_retry_after_s: float = 120.0) -> None:
         from openai import OpenAI
 
         if not isinstance(model, str) or not model:
             raise ValueError("OpenAIChat needs a model name")
-        if max_retries < 0 or max_concurrency < 1 or timeout_s <= 0 or backoff_s < 0:
-            raise ValueError("need max_retries >= 0, max_concurrency >= 1, timeout_s > 0 and backoff_s >= 0")
+        super().__init__(RetryPolicy(timeout_s=timeout_s, max_retries=max_retries, max_concurrency=max_concurrency,
+                                     backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                     max_retry_after_s=max_retry_after_s))
         self.model = model
         self.api_key_env = api_key_env
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.max_concurrency = int(max_concurrency)
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
-        self.max_retry_after_s = float(max_retry_after_s)
-        self._settings = {"temperature": temperature, "max_tokens": max_tokens, **(extra or {})}
+        self._settings = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed, **(extra or {})}
         api_key = os.environ.get(api_key_env)
         self._no_key = not api_key
         if self._no_key:
             # Local servers (vLLM) take any key; a hosted API will answer 401,
             # and that error names the missing variable.
             log.info("no API key in $%s; sending a placeholder", api_key_env)
-        # The SDK's own retries are off: ours below count attempts, name the
-        # final status and use backoff settings that tests can shorten.
+        # The SDK's own retries are off: ours (RemoteChatBackend's) count attempts,
+        # name the final status and use backoff settings that tests can shorten.
         self._client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=self.timeout_s, max_retries=0)
         self.base_url = str(self._client.base_url)
         self._sdk_fields = frozenset(inspect.signature(self._client.chat.completions.create).parameters)
-        self._slots = threading.BoundedSemaphore(self.max_concurrency)
-        self._random = random.Random()
         self._where = f"{model} at {self.base_url}"
 
     @property
@@ -276,60 +492,31 @@ class OpenAIChat(ChatBackend):
             fields["extra_body"] = extra_body
         return fields
 
-    def backoff_delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based) when the server
-        named no wait: exponential, capped, with jitter so that many threads
-        rejected together do not return together."""
-        ceiling = min(self.backoff_s * 2.0 ** (attempt - 1), self.max_backoff_s)
-        return ceiling * self._random.uniform(0.5, 1.0)
-
     # ------------------------------------------------------------------ call
 
     def complete(self, messages: list[Message], **sampling: Any) -> str:
-        import openai
-
         wire = [self._wire_message(turn) for turn in parse_messages(messages)]
         fields = self._request_fields(sampling)
-        attempts = self.max_retries + 1
-        last: Exception | None = None
-        for attempt in range(1, attempts + 1):
-            status: int | None = None
-            wait: float | None = None
-            try:
-                # A slot is held per request, not across backoff sleeps, so a
-                # waiting call does not keep others from the endpoint.
-                with self._slots:
-                    raw = self._client.chat.completions.with_raw_response.create(
-                        model=self.model, messages=wire, **fields)
-                    body = raw.text
-            except openai.APIStatusError as exc:
-                status, last = exc.status_code, exc
-                failure = f"HTTP {status} ({_error_detail(exc)})"
-                retryable = _retryable(status)
-                wait = retry_after_seconds(exc.response.headers)
-                if retryable and wait is not None and wait > self.max_retry_after_s and attempt < attempts:
-                    raise BackendError(
-                        f"{self._where}: {failure}; the server asked to wait {wait:g} s, more than "
-                        f"max_retry_after_s={self.max_retry_after_s:g}; gave up after {_count(attempt)}",
-                        status=status, attempts=attempt) from exc
-            except openai.APITimeoutError as exc:
-                failure, retryable, last = f"no response within {self.timeout_s:g} s", True, exc
-            except openai.APIConnectionError as exc:
-                cause = exc.__cause__ or exc
-                failure, retryable, last = f"connection failed ({type(cause).__name__}: {cause})", True, exc
-            else:
-                return self._reply_text(body, raw.status_code, attempt)
-            if not retryable or attempt == attempts:
-                break
-            delay = wait if wait is not None else self.backoff_delay(attempt)
-            log.warning("%s: %s on attempt %d of %d; retrying in %.2f s", self._where, failure, attempt, attempts, delay)
-            time.sleep(delay)
-        hint = ""
-        if status == 401 and self._no_key:
-            hint = f"; no API key was found in ${self.api_key_env}"
-        log.warning("%s: %s after %s", self._where, failure, _count(attempt))
-        raise BackendError(f"{self._where}: {failure} after {_count(attempt)}{hint}",
-                           status=status, attempts=attempt) from last
+
+        def send() -> tuple[str, int]:
+            raw = self._client.chat.completions.with_raw_response.create(model=self.model, messages=wire, **fields)
+            return raw.text, raw.status_code
+
+        (body, status), attempt = self._call_with_retries(send)
+        return self._reply_text(body, status, attempt)
+
+    def _failure(self, exc: Exception) -> AttemptFailure | None:
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            hint = f"; no API key was found in ${self.api_key_env}" if status == 401 and self._no_key else ""
+            return AttemptFailure.http(status, _error_detail(exc), retry_after_seconds(exc.response.headers), hint)
+        if isinstance(exc, openai.APITimeoutError):
+            return AttemptFailure.timeout(self.timeout_s)
+        if isinstance(exc, openai.APIConnectionError):  # after its subclass APITimeoutError
+            return AttemptFailure.connection(exc.__cause__ or exc)
+        return None
 
     def _reply_text(self, body: str, status: int, attempt: int) -> str:
         """The first choice's text, or BackendError for anything else. Malformed
@@ -368,142 +555,33 @@ class OpenAIChat(ChatBackend):
         self._client.close()
 
 
-def _count(attempts: int) -> str:
-    return f"{attempts} attempt" + ("" if attempts == 1 else "s")
-
-
-# ----------------------------------------------------------------------------- local transformers models
-
-
-class TransformersChat(ChatBackend):
-    """A Hugging Face image-text-to-text model (Qwen2.5-VL, LLaVA, ...) in this process.
-
-    The model loads on first use, once; calls from many threads are served one
-    at a time (a lock around generation: one model, one device). Decoding is
-    greedy unless a call passes ``temperature > 0``.
-    """
-
-    def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto", max_new_tokens: int = 64,
-                 revision: str | None = None, processor_options: dict[str, Any] | None = None) -> None:
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            raise ImportError("TransformersChat needs torch and transformers: pip install -e '.[tools]'") from exc
-        if not checkpoint:
-            raise ValueError("TransformersChat needs a checkpoint (a hub id or a local folder)")
-        self.checkpoint = str(checkpoint)
-        self.revision = revision
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.max_new_tokens = int(max_new_tokens)
-        self.processor_options = dict(processor_options or {})
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._processor: Any = None
-
-    @property
-    def fingerprint(self) -> str:
-        # The device is left out on purpose: the same weights in the same dtype
-        # answer alike on any GPU, and a cache filled on one should serve another.
-        options = json.dumps(self.processor_options, sort_keys=True, default=str) if self.processor_options else ""
-        return (f"transformers:{self.checkpoint}@{self.revision or 'default'}|dtype={self.dtype}"
-                f"|max_new_tokens={self.max_new_tokens}{'|' + options if options else ''}")
-
-    def _ensure_loaded(self) -> None:
-        """Load processor and model (caller holds the lock)."""
-        if self._model is not None:
-            return
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        log.info("loading %s on %s (%s)", self.checkpoint, self.device, self.dtype)
-        try:
-            processor = AutoProcessor.from_pretrained(self.checkpoint, revision=self.revision,
-                                                      **self.processor_options)
-            model = AutoModelForImageTextToText.from_pretrained(self.checkpoint, revision=self.revision,
-                                                                dtype=getattr(torch, self.dtype))
-        except Exception as exc:
-            raise BackendError(f"{self.checkpoint}: could not load the model: {type(exc).__name__}: {exc}") from exc
-        self._model = model.to(self.device).eval()
-        self._processor = processor
-
-    def generation_options(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
-        """Our sampling names (OpenAI's) mapped onto ``generate`` arguments."""
-        sampling = dict(sampling)
-        options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        for name in ("max_tokens", "max_new_tokens"):
-            if sampling.get(name) is not None:
-                options["max_new_tokens"] = int(sampling.pop(name))
-            sampling.pop(name, None)
-        temperature = sampling.pop("temperature", None)
-        if temperature:
-            options.update(do_sample=True, temperature=float(temperature))
-        options.update({name: value for name, value in sampling.items() if value is not None})
-        return options
-
-    def _encode(self, turns: list[Turn]) -> Any:
-        chat = []
-        for turn in turns:
-            parts = [{"type": "text", "text": part} if isinstance(part, str) else {"type": "image", "image": _rgb(part)}
-                     for part in turn.parts]
-            chat.append({"role": turn.role, "content": parts})
-        # The processor's own chat path places the image tokens and handles
-        # special tokens (BOS) the way the checkpoint's template expects.
-        inputs = self._processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True, return_tensors="pt")
-        import torch
-
-        moved = {}
-        for name, value in inputs.items():
-            if isinstance(value, torch.Tensor):
-                # Pixel values follow the model's dtype; token ids stay integers.
-                value = value.to(self.device, dtype=self._model.dtype) if value.is_floating_point() \
-                    else value.to(self.device)
-            moved[name] = value
-        return moved
-
-    def complete(self, messages: list[Message], **sampling: Any) -> str:
-        import torch
-
-        turns = parse_messages(messages)
-        options = self.generation_options(sampling)
-        with self._lock:
-            self._ensure_loaded()
-            try:
-                inputs = self._encode(turns)
-                with torch.inference_mode():
-                    output = self._model.generate(**inputs, **options)
-                new_tokens = output[:, inputs["input_ids"].shape[1]:]
-                text = self._processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
-            except Exception as exc:  # out of memory, a template that refuses the messages, ...
-                raise BackendError(f"{self.checkpoint}: generation failed: {type(exc).__name__}: {exc}") from exc
-        if not text.strip():
-            raise BackendError(f"{self.checkpoint}: the model generated no text")
-        return text
-
-    def close(self) -> None:
-        with self._lock:
-            on_gpu = self._model is not None and self.device.startswith("cuda")
-            self._model = self._processor = None
-        if on_gpu:
-            import torch
-
-            torch.cuda.empty_cache()
-
-
 # ----------------------------------------------------------------------------- registry
 
+# Lazy entries: a backend's module (and whatever it imports when used: torch,
+# vllm, google-genai) is loaded only when that kind is first asked for.
 CHAT_BACKENDS: Registry[type[ChatBackend]] = Registry("chat backend")
 CHAT_BACKENDS.register("openai", OpenAIChat)
-CHAT_BACKENDS.register("transformers", TransformersChat)
+CHAT_BACKENDS.register("transformers", "harness.backends.transformers_chat:TransformersChat")
+CHAT_BACKENDS.register("vllm", "harness.backends.vllm:VLLMChat")
+CHAT_BACKENDS.register("genai", "harness.backends.genai:GeminiChat")
+CHAT_BACKENDS.register("scripted", "harness.backends.scripted:ScriptedChat")
 
 
-def make_chat_backend(kind: str, **options: Any) -> ChatBackend:
+def make_chat_backend(kind: str, *, cache: bool | str | Path | None = None, **options: Any) -> ChatBackend:
     """``make_chat_backend("openai", model="gpt-5-mini")``,
-    ``make_chat_backend("transformers", checkpoint="Qwen/Qwen2.5-VL-7B-Instruct")``."""
+    ``make_chat_backend("transformers", checkpoint="Qwen/Qwen2.5-VL-7B-Instruct")``.
+
+    ``cache=True`` (the default file under the harness cache directory) or a
+    path wraps the backend in a :class:`~harness.backends.cached.CachedChat`,
+    which serves repeated deterministic requests from disk.
+    """
     cls = CHAT_BACKENDS.get(kind)
     try:
-        return cls(**options)
+        backend = cls(**options)
     except TypeError as exc:
         raise TypeError(f"chat backend {kind!r}: {exc}") from None
+    if cache is None or cache is False:
+        return backend
+    from harness.backends.cached import with_cache
+
+    return with_cache(backend, None if cache is True else cache)

@@ -19,6 +19,10 @@ BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 SYSTEM_KINDS: Registry[type[System]] = Registry("system kind")
 SYSTEM_KINDS.register("predictions", "harness.systems.predictions:PredictionsSystem")
 SYSTEM_KINDS.register("reference", "harness.systems.program:ReferenceSystem")
+SYSTEM_KINDS.register("llm_program", "harness.systems.llm_program:LLMProgramSystem")
+SYSTEM_KINDS.register("direct_vlm", "harness.systems.direct:DirectVLMSystem")
+SYSTEM_KINDS.register("visprog", "harness.systems.visprog:VisProgSystem")
+SYSTEM_KINDS.register("vipergpt", "harness.systems.vipergpt:ViperGPTSystem")
 
 
 class SystemConfigError(ValueError):
@@ -31,38 +35,74 @@ class SystemConfig:
     kind: str
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    tables: tuple[str, ...] = ()  # the paper's tables this system has a row in
     source_file: str | None = None
 
 
-_KEYS = ("system", "kind", "description", "params")
+_KEYS = ("system", "kind", "description", "params", "extends", "tables")
 
 
-def parse_system_config(data: dict[str, Any], path: Path) -> SystemConfig:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, mapping by mapping. A null value stays null:
+    backends read it as "leave this setting unset" (e.g. a temperature that
+    reasoning models refuse)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _check_system_file(data: dict[str, Any], path: Path) -> None:
     for key in data:
         if key not in _KEYS:
             close = difflib.get_close_matches(str(key), _KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SystemConfigError(f"{path}: unknown key {key!r}{hint}; allowed: {', '.join(_KEYS)}")
-    for key in ("system", "kind"):
-        if not isinstance(data.get(key), str):
-            raise SystemConfigError(f"{path}: missing required key {key!r}")
-    params = data.get("params") or {}
-    if not isinstance(params, dict):
+    if not isinstance(data.get("system"), str):
+        raise SystemConfigError(f"{path}: missing required key 'system'")
+    if not isinstance(data.get("kind"), str) and not isinstance(data.get("extends"), str):
+        raise SystemConfigError(f"{path}: missing required key 'kind' (or 'extends', to take another system's)")
+    if not isinstance(data.get("params") or {}, dict):
         raise SystemConfigError(f"{path}: key 'params' must be a mapping")
-    if ":" not in data["kind"] and data["kind"] not in SYSTEM_KINDS:
-        raise SystemConfigError(f"{path}: key 'kind': {unknown_name_message('system kind', data['kind'], SYSTEM_KINDS.names())}")
-    return SystemConfig(data["system"], data["kind"], data.get("description", ""), params, str(path))
 
 
 class SystemRegistry:
+    """System files; ``extends: other`` takes another system's kind and params and
+    changes only what it names (e.g. the detector checkpoint of a tuned-GD variant)."""
+
     def __init__(self, include_paths: Iterable[str | Path] = ()) -> None:
-        self._configs: dict[str, SystemConfig] = {}
+        raw: dict[str, tuple[Path, dict[str, Any]]] = {}
         for path, data in read_yaml_files((BASELINES_DIR, *map(Path, include_paths)), "system", SystemConfigError):
-            config = parse_system_config(data, path)
-            if config.system in self._configs:
-                raise SystemConfigError(f"{path}: system {config.system!r} is already defined in "
-                                        f"{self._configs[config.system].source_file}")
-            self._configs[config.system] = config
+            _check_system_file(data, path)
+            if data["system"] in raw:
+                raise SystemConfigError(f"{path}: system {data['system']!r} is already defined in {raw[data['system']][0]}")
+            raw[data["system"]] = (path, data)
+        self._configs: dict[str, SystemConfig] = {}
+        for name in raw:
+            self._resolve(name, raw, ())
+
+    def _resolve(self, name: str, raw: dict[str, tuple[Path, dict[str, Any]]], chain: tuple[str, ...]) -> SystemConfig:
+        if name in self._configs:
+            return self._configs[name]
+        path, data = raw[name]
+        kind, params = data.get("kind"), data.get("params") or {}
+        if data.get("extends"):
+            parent = data["extends"]
+            if parent in chain + (name,):
+                raise SystemConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(chain + (name, parent))}")
+            if parent not in raw:
+                raise SystemConfigError(f"{path}: key 'extends': {unknown_name_message('system', parent, raw)}")
+            base = self._resolve(parent, raw, chain + (name,))
+            kind, params = kind or base.kind, deep_merge(base.params, params)
+        if ":" not in kind and kind not in SYSTEM_KINDS:
+            raise SystemConfigError(f"{path}: key 'kind': {unknown_name_message('system kind', kind, SYSTEM_KINDS.names())}")
+        tables = tuple(str(t) for t in (data.get("tables") or ()))
+        config = SystemConfig(name, kind, data.get("description", ""), params, tables, str(path))
+        self._configs[name] = config
+        return config
 
     def names(self) -> list[str]:
         return sorted(self._configs)
@@ -89,7 +129,9 @@ class SystemRegistry:
 
     def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0) -> System:
         config = self.config(name)
-        return system_class(config.kind)(name, self.resolved_params(name, overrides), seed)
+        system = system_class(config.kind)(name, self.resolved_params(name, overrides), seed)
+        system.source_dir = Path(config.source_file).parent if config.source_file else None
+        return system
 
 
 def _dotted_keys(params: dict[str, Any], prefix: str = "") -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from harness.types import ImageError, Prediction, Sample, Status
 
@@ -18,6 +19,7 @@ class System:
     """
 
     kind = "system"
+    source_dir: Path | None = None  # the folder of the system file (relative paths in params start there)
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         self.name = name
@@ -34,17 +36,22 @@ class System:
     def predict_one(self, sample: Sample) -> Prediction:
         raise NotImplementedError
 
-    def guarded(self, sample: Sample) -> Prediction:
-        """``predict_one`` with failures turned into statuses, so the run goes on."""
+    def guarded(self, sample: Sample, action: Callable[[Sample], Prediction] | None = None) -> Prediction:
+        """``action`` (default ``predict_one``) with failures turned into statuses, so the run goes on."""
         start = time.perf_counter()
         try:
-            prediction = self.predict_one(sample)
-        except ImageError as exc:
-            prediction = Prediction(sample.id, status=Status.IMAGE_ERROR, detail=f"sample {sample.id}: {exc}")
-        except Exception:
-            prediction = Prediction(sample.id, status=Status.SYSTEM_ERROR, detail=traceback.format_exc())
+            prediction = (action or self.predict_one)(sample)
+        except Exception as exc:
+            prediction = self.failure(sample, exc)
         prediction.timings.setdefault("predict_s", time.perf_counter() - start)
         return prediction
+
+    @staticmethod
+    def failure(sample: Sample, exc: Exception) -> Prediction:
+        """The prediction recording an exception raised while answering a sample."""
+        if isinstance(exc, ImageError):
+            return Prediction(sample.id, status=Status.IMAGE_ERROR, detail=f"sample {sample.id}: {exc}")
+        return Prediction(sample.id, status=Status.SYSTEM_ERROR, detail="".join(traceback.format_exception(exc)))
 
     def describe(self) -> dict[str, Any]:
         """What identifies this system in a results file."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,25 +25,28 @@ class Program:
     code: str
     plan: str | None = None
     raw: str | None = None
+    source: str | None = None  # what the model wrote, when ``code`` adds a prelude around it
+    prompt: Any = None  # the request that produced it (kept in records with --log-samples)
 
 
 def prediction_from_execution(sample: Sample, program: Program, result: ExecutionResult) -> Prediction:
     return Prediction(
         sample.id, answer=result.answer, status=result.status, raw=program.raw, detail=result.detail,
-        plan=program.plan, program=program.code, answer_pytype=result.answer_pytype,
+        plan=program.plan, program=program.source or program.code, answer_pytype=result.answer_pytype,
         tool_calls=result.tool_calls, isolation=result.isolation, stdout=result.stdout,
-        timings={"execute_s": result.seconds},
+        timings={"execute_s": result.seconds}, extra={"prompt": program.prompt} if program.prompt else {},
     )
 
 
 class ProgramSystem(System):
-    """Writes (or looks up) a program per sample and runs it, several at a time.
+    """Writes (or looks up) programs for a batch of samples, then runs them, several at a time.
 
     Parameters (system file ``params``): ``tools`` (a tool backend name),
     ``tool_options`` (settings per backend name, so switching ``tools`` needs no
     other change), ``device`` (for backends that load models), ``concurrency``
-    (programs in flight), ``isolation`` (auto, bwrap, unshare, process) and
-    ``limits`` (fields of :class:`SandboxPolicy`, e.g. ``wall_seconds``).
+    (programs in flight), ``generation_batch`` (samples whose programs are
+    written together, e.g. one vLLM call), ``isolation`` (auto, bwrap, unshare,
+    process) and ``limits`` (fields of :class:`SandboxPolicy`, e.g. ``wall_seconds``).
     """
 
     kind = "program"
@@ -50,6 +54,7 @@ class ProgramSystem(System):
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
         self.concurrency = int(params.get("concurrency", 4))
+        self.generation_batch = int(params.get("generation_batch", 64))
         self._policy = SandboxPolicy(**(params.get("limits") or {}))
         self._isolation = params.get("isolation", "auto")
         self._backend: ToolBackend | None = None
@@ -78,39 +83,52 @@ class ProgramSystem(System):
         self.sandbox.start()  # a sandbox that cannot start stops the run here, not sample by sample
 
     def write_program(self, sample: Sample) -> Program | Prediction:
-        """The program for a sample, or a finished prediction when there is none."""
+        """The program for one sample, or a finished prediction when there is none."""
         raise NotImplementedError
+
+    def write_programs(self, samples: list[Sample]) -> list[Program | Prediction]:
+        """Programs for a batch of samples; systems that generate in batches override this."""
+        programs: list[Program | Prediction] = []
+        for sample in samples:
+            try:
+                programs.append(self.write_program(sample))
+            except Exception as exc:
+                programs.append(self.failure(sample, exc))
+        return programs
 
     def run_program(self, sample: Sample, program: Program) -> Prediction:
         if sample.image is None:
             return Prediction(sample.id, status=Status.IMAGE_ERROR, detail=f"sample {sample.id} has no image",
-                              plan=program.plan, program=program.code, raw=program.raw)
+                              plan=program.plan, program=program.source or program.code, raw=program.raw)
         context = ToolContext(sample.image, sample.image.size(), sample, key=f"{sample.task}/{sample.id}")
         result = self.sandbox.run(program.code, self.backend.session(context), context.image_size)
         return prediction_from_execution(sample, program, result)
 
     def predict_one(self, sample: Sample) -> Prediction:
-        program = self.write_program(sample)
-        if isinstance(program, Prediction):
-            return program
-        return self.run_program(sample, program)
+        program = self.write_programs([sample])[0]
+        return program if isinstance(program, Prediction) else self.run_program(sample, program)
 
     def predict(self, samples: Iterable[Sample]) -> Iterator[Prediction]:
-        """Run up to ``concurrency`` programs at once; yield each as it finishes."""
+        """Write programs a batch at a time; run up to ``concurrency`` at once; yield each as it finishes."""
         source = iter(samples)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-program") as pool:
-            running: set[Future] = set()
             while True:
-                while len(running) < self.concurrency:
-                    sample = next(source, None)
-                    if sample is None:
-                        break
-                    running.add(pool.submit(self.guarded, sample))
-                if not running:
+                batch = list(itertools.islice(source, self.generation_batch))
+                if not batch:
                     return
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                pending = list(zip(batch, self.write_programs(batch)))
+                running: set[Future] = set()
+                while pending or running:
+                    while pending and len(running) < self.concurrency:
+                        sample, program = pending.pop(0)
+                        if isinstance(program, Prediction):
+                            yield program
+                            continue
+                        running.add(pool.submit(self.guarded, sample, lambda s, p=program: self.run_program(s, p)))
+                    if running:
+                        done, running = wait(running, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            yield future.result()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -128,9 +146,6 @@ class ReferenceSystem(ProgramSystem):
     """Runs each sample's reference program (the synthetic benchmark ships one per question)."""
 
     kind = "reference"
-
-    def prepare(self, tasks) -> None:
-        self.sandbox.start()  # a sandbox that cannot start stops the run here, not sample by sample
 
     def write_program(self, sample: Sample) -> Program | Prediction:
         code = sample.meta.get("reference_program")

@@ -9,13 +9,18 @@ one phrase counts. Boxes are in pixels of the original image.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from harness.cache import cache_key, default_cache_dir
 from harness.tools.checkpoints import LazyModel
+
+log = logging.getLogger(__name__)
 
 
 DEFAULT_CHECKPOINT = "IDEA-Research/grounding-dino-tiny"
@@ -50,10 +55,42 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     return keep
 
 
+def transformers_checkpoint(checkpoint: str, revision: str | None, original_config: str) -> str:
+    """A folder ``from_pretrained`` can read. A checkpoint in the original format
+    (a ``.pth`` file, or a hub repository holding only one, like the paper's
+    ``glab-caltech/VALOR-GroundingDINO``) is converted once into the cache, with
+    ``original_config`` giving the architecture and the processor files."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir() or (not path.exists() and "/" not in checkpoint.strip("/")):
+        return checkpoint
+    if not path.exists():  # a hub repository
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(checkpoint, revision=revision,
+                                        allow_patterns=["*.json", "*.txt", "*.safetensors", "*.pth", "*.model"]))
+        if (folder / "config.json").is_file():
+            return str(folder)
+        originals = sorted(folder.glob("*.pth"))
+        if len(originals) != 1:
+            raise ValueError(f"detector checkpoint {checkpoint}: no transformers config and "
+                             f"{len(originals)} original-format .pth files; convert one with `harness convert-detector`")
+        path = originals[0]
+    stat = path.stat()
+    key = cache_key("converted-detector", str(path.resolve()), stat.st_size, stat.st_mtime_ns, original_config)
+    out = default_cache_dir() / "detectors" / key[:24]
+    if not (out / "config.json").is_file():
+        from harness.tools.convert import convert_detector
+
+        log.info("converting the original-format detector %s into %s", path, out)
+        convert_detector(path, out, original_config, overwrite=True)
+    return str(out)
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
-    checkpoint: str = DEFAULT_CHECKPOINT
+    checkpoint: str = DEFAULT_CHECKPOINT  # a transformers folder or hub id, or an original-format checkpoint
     revision: str | None = None
+    original_config: str = DEFAULT_CHECKPOINT  # architecture of an original-format checkpoint
     box_threshold: float = 0.35  # the paper's evaluation
     text_threshold: float = 0.25
     label_match: str = "exact"  # exact | span
@@ -76,10 +113,12 @@ class GroundingDinoDetector(LazyModel):
         from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoProcessor
 
         s = self.settings
-        image_processor = AutoImageProcessor.from_pretrained(s.checkpoint, revision=s.revision, backend="pil")
-        tokenizer = AutoTokenizer.from_pretrained(s.checkpoint, revision=s.revision)
+        checkpoint = transformers_checkpoint(s.checkpoint, s.revision, s.original_config)
+        revision = s.revision if checkpoint == s.checkpoint else None
+        image_processor = AutoImageProcessor.from_pretrained(checkpoint, revision=revision, backend="pil")
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint, revision=revision)
         self._processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-        model = GroundingDinoForObjectDetection.from_pretrained(s.checkpoint, revision=s.revision,
+        model = GroundingDinoForObjectDetection.from_pretrained(checkpoint, revision=revision,
                                                                 dtype=getattr(torch, s.dtype))
         return model.to(self._device).eval()
 

@@ -1,0 +1,36 @@
+"""What systems that talk to a chat model share: the backend and the sampling settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.backends import ChatBackend, make_chat_backend
+
+
+class ChatSystemMixin:
+    """A system that talks to a chat backend (``llm`` or ``vlm`` params) with fixed sampling."""
+
+    params: dict[str, Any]
+    seed: int
+    backend_key = "llm"
+    _chat: ChatBackend | None = None
+
+    @property
+    def chat(self) -> ChatBackend:
+        if self._chat is None:
+            options = dict(self.params[self.backend_key])
+            kind = options.pop("backend")
+            # Deterministic requests (temperature 0, or a seed, which every run sets) are
+            # served from the response cache on a repeated or resumed run.
+            self._chat = make_chat_backend(kind, cache=self.params.get("cache", True), **options)
+        return self._chat
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        sampling = dict(self.params.get("sampling") or {})
+        sampling.setdefault("seed", self.seed)
+        return sampling
+
+    def close_chat(self) -> None:
+        if self._chat is not None:
+            self._chat.close()
