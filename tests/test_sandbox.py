@@ -244,3 +244,15 @@ def test_private_tmp_is_mounted_before_the_python_installation():
 
     command = zygote_command(IsolationPlan("bwrap", 0, False), 3, "{}")
     assert command.index("--tmpfs") < command.index("--ro-bind")
+
+
+def test_the_zygote_outlives_the_thread_that_started_it():
+    """bubblewrap kills the sandbox when the thread that started it ends; runs from pool threads must not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Sandbox(FAST) as box:
+        with ThreadPoolExecutor(1) as pool:  # the first run, and so the start, happens on this pool's thread
+            assert pool.submit(box.run, "final_answer = 1").result().answer == 1
+        process = box._process  # the pool's thread has ended
+        assert box.run("final_answer = 2").answer == 2
+        assert box._process is process and process.poll() is None

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -134,9 +135,7 @@ class Sandbox:
         config = {"seccomp": self.plan.seccomp, "landlock_abi": self.plan.landlock_abi, "workroot": self._workroot,
                   "readable": readable_paths(), "env": SANDBOX_ENV, "preload": list(self.preload)}
         command = zygote_command(self.plan, zygote_end.fileno(), json.dumps(config))
-        self._process = subprocess.Popen(
-            command, pass_fds=(zygote_end.fileno(),), env=dict(SANDBOX_ENV), cwd=self._workroot,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self._process = self._spawn(command, zygote_end.fileno())
         zygote_end.close()
         parent_end.settimeout(60)
         try:
@@ -153,6 +152,33 @@ class Sandbox:
                                         name="sandbox-control")
         self._reader.start()
         log.info("sandbox ready (%s)", ", ".join(self.isolation))
+
+    def _spawn(self, command: list[str], control_fd: int) -> subprocess.Popen:
+        """Start the zygote from a thread that lives exactly as long as it does.
+
+        bubblewrap's --die-with-parent kills the sandbox when the *thread* that
+        started it exits, and ``run`` may be called from a short-lived worker
+        thread; a dedicated thread waiting on the zygote keeps it alive.
+        """
+        spawned: queue.Queue = queue.Queue()
+
+        def keeper() -> None:
+            try:
+                process = subprocess.Popen(
+                    command, pass_fds=(control_fd,), env=dict(SANDBOX_ENV), cwd=self._workroot,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    start_new_session=True)
+            except BaseException as exc:
+                spawned.put(exc)
+                return
+            spawned.put(process)
+            process.wait()
+
+        threading.Thread(target=keeper, name="sandbox-zygote", daemon=True).start()
+        result = spawned.get()
+        if isinstance(result, BaseException):
+            raise SandboxError(f"the sandbox could not be started: {result}") from result
+        return result
 
     def _read_control(self, control: socket.socket) -> None:
         while True:
