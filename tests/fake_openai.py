@@ -1,18 +1,28 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1, for tests of remote backends.
 
-Each request takes the next scripted ``Reply`` (or the default one) and is
-recorded with its path, JSON body and headers; the server also counts how many
-requests are in flight at once.
+Each request takes the next scripted ``Reply`` (else the one ``respond`` makes
+of its body, else the default one) and is recorded with its path, JSON body,
+headers and arrival time; the server also counts how many requests are in
+flight at once.
+
+Run as a script (``python fake_openai.py DELAY``), it is instead a lean
+asyncio server for throughput measurements, meant for its own process so that
+it does not compete with the client for the GIL: it answers every chat
+completion with "yes" after DELAY seconds, prints its port, and reports
+``{"requests": ..., "max_in_flight": ...}`` on ``GET /stats``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @dataclass
@@ -32,12 +42,16 @@ class _Handler(BaseHTTPRequestHandler):
         server: ChatServer = self.server  # type: ignore[assignment]
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        body = json.loads(raw or b"{}")
         with server.lock:
-            server.requests.append({"path": self.path, "body": json.loads(raw or b"{}"),
+            server.requests.append({"path": self.path, "body": body, "time": time.monotonic(),
                                     "headers": {k.lower(): v for k, v in self.headers.items()}})
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
-            reply = server.script.pop(0) if server.script else server.default
+            if server.script:
+                reply = server.script.pop(0)
+            else:
+                reply = server.respond(body) if server.respond is not None else server.default
         try:
             if reply.delay:
                 server.stopping.wait(reply.delay)
@@ -75,12 +89,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The default listen backlog (5) drops connections when more clients connect
+    # at once, which then wait a second for the SYN to be resent.
+    request_queue_size = 64
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.script: list[Reply] = []
         self.default = Reply()
+        self.respond: Callable[[dict], Reply] | None = None  # the reply to a request's body
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -110,3 +128,67 @@ def running_chat_server(monkeypatch: Any) -> Iterator[ChatServer]:
         chat_server.shutdown()
         chat_server.server_close()
         thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- a lean server for throughput
+
+
+_COMPLETION = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "m",
+                          "choices": [{"index": 0, "finish_reason": "stop",
+                                       "message": {"role": "assistant", "content": "yes"}}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+
+
+def _http_reply(data: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+
+
+async def _serve_fast(delay: float) -> None:
+    """HTTP/1.1 with keep-alive and no more parsing than the tests need."""
+    stats = {"requests": 0, "max_in_flight": 0}
+    in_flight = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if head.startswith(b"GET /stats"):
+                    writer.write(_http_reply(json.dumps(stats).encode()))
+                    continue
+                stats["requests"] += 1
+                in_flight += 1
+                stats["max_in_flight"] = max(stats["max_in_flight"], in_flight)
+                await asyncio.sleep(delay)
+                in_flight -= 1
+                writer.write(_http_reply(_COMPLETION))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client hung up
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_fast(float(sys.argv[1])))
+
+
+KEY_ENV = "TEST_CHAT_KEY"  # tests set it; the backends read their key from it
+
+
+def make_chat(server: ChatServer, **options: Any):
+    """An OpenAIChat on the test server with short waits between retries."""
+    from harness.backends import OpenAIChat
+
+    settings = {"model": "test-model", "base_url": server.url, "api_key_env": KEY_ENV, "backoff_s": 0.01,
+                "max_backoff_s": 0.05, "timeout_s": 5, **options}
+    return OpenAIChat(**settings)

@@ -23,7 +23,7 @@ from PIL import Image
 from harness.backends import BackendError, ChatBackend, OpenAIChat, make_chat_backend
 from harness.backends.chat import parse_messages, retry_after_seconds
 from harness.registry import UnknownNameError
-from fake_openai import ChatServer, Reply, running_chat_server
+from fake_openai import ChatServer, KEY_ENV, Reply, make_chat, running_chat_server
 from harness.tools.vqa import (
     VQA_VERSION,
     ToolFailure,
@@ -33,7 +33,6 @@ from harness.tools.vqa import (
     vqa_prompt,
 )
 
-KEY_ENV = "TEST_CHAT_KEY"
 
 
 # --------------------------------------------------------------------------- scripted server
@@ -46,11 +45,6 @@ def server(monkeypatch):
         yield chat_server
 
 
-def make_chat(server: ChatServer, **options: Any) -> OpenAIChat:
-    """A backend on the test server with short waits between retries."""
-    settings = {"model": "test-model", "base_url": server.url, "api_key_env": KEY_ENV, "backoff_s": 0.01,
-                "max_backoff_s": 0.05, "timeout_s": 5, **options}
-    return OpenAIChat(**settings)
 
 
 def text_message(text: str = "Say yes.") -> list[dict]:

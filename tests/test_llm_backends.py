@@ -9,13 +9,15 @@
 - VLLMChat: request construction without vLLM, the error when it is missing,
   and the engine call through a stand-in ``vllm`` module;
 - GeminiChat: request construction, and retries and failures against a stubbed
-  client and against the real SDK talking to a local server;
+  client (sync and ``client.aio``) and against the real SDK talking to a local
+  server;
 - ScriptedChat selectors and failures; CachedChat hits, misses, bypasses,
   errors and reuse of its file by another instance and another process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -617,15 +619,73 @@ def test_gemini_retries_timeouts_and_reports_empty_replies():
     assert len(models.calls) == 2  # neither is retried
 
 
-def test_gemini_complete_many_is_concurrent_bounded_and_ordered():
+class _AsyncStubModels(_StubModels):
+    """client.aio.models: the same script of outcomes, answered by a coroutine."""
+
+    async def generate_content(self, *, model, contents, config):
+        self.calls.append({"model": model, "contents": contents, "config": config})
+        outcome = self.script.pop(0) if self.script else self.default
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            if callable(outcome) and not isinstance(outcome, type):
+                outcome = outcome(contents)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        finally:
+            self.in_flight -= 1
+
+
+def _async_gemini(models: _AsyncStubModels, **options: Any) -> GeminiChat:
+    def refuse(**kwargs):
+        raise AssertionError("the async path must use client.aio")
+
+    client = pytypes.SimpleNamespace(models=pytypes.SimpleNamespace(generate_content=refuse),
+                                     aio=pytypes.SimpleNamespace(models=models))
+    return GeminiChat("gemini-2.5-flash", client=client, backoff_s=0.01, max_backoff_s=0.02, **options)
+
+
+def test_gemini_async_retries_429_and_5xx_then_answers():
+    models = _AsyncStubModels([_api_error(429, "0.2s"), _api_error(503), _genai_reply("Yes", thought="hmm")])
+    chat = _async_gemini(models, thinking_budget=0)
+    start = time.monotonic()
+    assert asyncio.run(chat.acomplete(user("Is it red?"))) == "Yes"
+    assert time.monotonic() - start >= 0.19  # the wait the 429 asked for
+    assert len(models.calls) == 3 and models.calls[0]["config"].thinking_config.thinking_budget == 0
+
+
+def test_gemini_async_failures_read_as_the_sync_ones():
+    httpx = _sdk_http_module()
+    for outcome, options in [(_api_error(500), {"max_retries": 2}), (_api_error(400), {}),
+                             (_api_error(429, "3600s"), {}), (httpx.ReadTimeout("slow"), {"max_retries": 1})]:
+        sync = _StubModels([], default=outcome)
+        with pytest.raises(BackendError) as sync_error:
+            _gemini(sync, **options).complete(user("hi"))
+        stub = _AsyncStubModels([], default=outcome)
+        with pytest.raises(BackendError) as async_error:
+            asyncio.run(_async_gemini(stub, **options).acomplete(user("hi")))
+        failure, expected = async_error.value, sync_error.value
+        assert (str(failure), failure.status, failure.attempts, len(stub.calls)) == \
+            (str(expected), expected.status, expected.attempts, len(sync.calls))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_gemini_many_is_concurrent_bounded_and_ordered(mode):
     def echo(contents):
         text = contents[-1].parts[-1].text
         return _api_error(400) if text == "bad" else _genai_reply(text.upper())
 
-    models = _StubModels([], default=echo, delay=0.1)
-    chat = _gemini(models, max_concurrency=3)
     texts = [f"q{i}" for i in range(8)] + ["bad"]
-    replies = chat.complete_many([user(text) for text in texts])
+    if mode == "sync":
+        models = _StubModels([], default=echo, delay=0.1)
+        replies = _gemini(models, max_concurrency=3).complete_many([user(t) for t in texts])
+    else:
+        models = _AsyncStubModels([], default=echo, delay=0.1)
+        chat = _async_gemini(models, max_concurrency=3)
+        replies = asyncio.run(chat.acomplete_many([user(t) for t in texts]))
+        assert asyncio.run(chat.acomplete(user("again"))) == "AGAIN"  # a second event loop
     assert replies[:8] == [text.upper() for text in texts[:8]]
     assert isinstance(replies[8], BackendError) and replies[8].status == 400
     assert models.max_in_flight == 3
@@ -705,6 +765,32 @@ def test_gemini_through_the_real_sdk_retries_only_in_our_loop(monkeypatch):
         with pytest.raises(BackendError, match=r"HTTP 503 .* after 2 attempts"):
             GeminiChat("gemini-2.5-flash", base_url=base, backoff_s=0.01, max_retries=1).complete(user("hi"))
         assert len(server.requests) == 5
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_gemini_through_the_real_sdk_async(monkeypatch):
+    """client.aio against a local server, from two event loops in turn."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("GOOGLE_API_KEY", "k-local")
+    server = _GeminiRestServer([503])
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        chat = GeminiChat("gemini-2.5-flash", base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                          backoff_s=0.01, max_retries=1)
+        assert asyncio.run(chat.acomplete_many([user("Colour?"), user("Again?")])) == ["blue", "blue"]
+        assert len(server.requests) == 3  # one 503, retried in our loop
+        assert server.requests[-1]["path"].endswith("/models/gemini-2.5-flash:generateContent")
+        server.statuses.extend([503, 503])
+        with pytest.raises(BackendError, match=r"HTTP 503 .* after 2 attempts"):
+            asyncio.run(chat.acomplete(user("hi")))
+        assert len(server.requests) == 5
+        chat.close()
     finally:
         server.shutdown()
         server.server_close()

@@ -8,8 +8,10 @@ either: a request that failed is asked again next time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +39,21 @@ def is_deterministic(backend: ChatBackend, sampling: Mapping[str, Any]) -> bool:
     return temperature is not None and float(temperature) == 0.0
 
 
+@dataclass
+class _Lookup:
+    """One call's requests against the cache."""
+
+    replies: list[str | BackendError | None]  # hits so far; None: not answered yet
+    keys: list[str | None]  # None: not cacheable
+    send: list[int] = field(default_factory=list)  # indices asked of the inner backend
+    first_of: dict[str, int] = field(default_factory=dict)  # key -> the index that asks for it
+    copies: dict[str, list[int]] = field(default_factory=dict)  # key -> later indices with that key
+    hits: int = 0
+
+    def sent(self, requests: list[list[Message]]) -> list[list[Message]]:
+        return [requests[index] for index in self.send]
+
+
 class CachedChat(BatchChatBackend):
     """``inner`` with replies to deterministic requests kept in a SQLite (WAL) file.
 
@@ -46,7 +63,8 @@ class CachedChat(BatchChatBackend):
     committed as it arrives, so a killed run loses nothing it paid for, and a
     resumed run (or another process) given the same file reuses it.
     ``complete_many`` serves the hits and sends only the misses, each distinct
-    one once, to the inner backend in a single call.
+    one once, to the inner backend in a single call; ``acomplete_many`` does the
+    same through the inner backend's ``acomplete_many``.
     """
 
     def __init__(self, inner: ChatBackend, cache_path: str | Path | None = None) -> None:
@@ -74,47 +92,61 @@ class CachedChat(BatchChatBackend):
         return cache_key(_KEY_VERSION, self.inner.fingerprint, request_digest(messages), merged)
 
     def complete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
-        replies: list[str | BackendError | None] = [None] * len(requests)
-        keys = [self.key(messages, sampling) for messages in requests]
-        send: list[int] = []  # indices asked of the inner backend
-        first_of: dict[str, int] = {}  # key -> the index that asks for it
-        copies: dict[str, list[int]] = {}  # key -> later indices with that key
-        hits = 0
-        for index, key in enumerate(keys):
+        lookup = self._look_up(requests, sampling)
+        answers = self.inner.complete_many(lookup.sent(requests), **sampling) if lookup.send else []
+        return self._settle(lookup, answers)
+
+    async def acomplete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
+        """``complete_many`` for asyncio code: the misses go to the inner backend's
+        ``acomplete_many``. Digests (image pixels) and SQLite run on a worker thread,
+        so the event loop keeps serving other requests meanwhile."""
+        lookup = await self._in_worker(functools.partial(self._look_up, requests, sampling))
+        answers = await self.inner.acomplete_many(lookup.sent(requests), **sampling) if lookup.send else []
+        return await self._in_worker(functools.partial(self._settle, lookup, answers))
+
+    def _look_up(self, requests: list[list[Message]], sampling: Mapping[str, Any]) -> _Lookup:
+        """The hits, and the requests to send: each distinct miss once, and every
+        uncacheable request."""
+        lookup = _Lookup([None] * len(requests), [self.key(messages, sampling) for messages in requests])
+        for index, key in enumerate(lookup.keys):
             if key is None:
-                send.append(index)
+                lookup.send.append(index)
                 continue
-            if key in first_of:
-                copies.setdefault(key, []).append(index)
+            if key in lookup.first_of:
+                lookup.copies.setdefault(key, []).append(index)
                 continue
             stored = self._cache.get(key)
             if isinstance(stored, dict) and isinstance(stored.get("response"), str):
-                replies[index] = stored["response"]
-                hits += 1
+                lookup.replies[index] = stored["response"]
+                lookup.hits += 1
             else:
-                first_of[key] = index
-                send.append(index)
-        if send:
-            answers = self.inner.complete_many([requests[i] for i in send], **sampling)
-            if len(answers) != len(send):
-                raise RuntimeError(f"{self.inner.fingerprint}: complete_many returned {len(answers)} replies "
-                                   f"for {len(send)} requests")
-            for index, answer in zip(send, answers, strict=True):
-                replies[index] = answer
-                key = keys[index]
-                if key is not None and isinstance(answer, str):
-                    self._cache.put(key, {"response": answer})
-        for key, later in copies.items():
+                lookup.first_of[key] = index
+                lookup.send.append(index)
+        return lookup
+
+    def _settle(self, lookup: _Lookup, answers: list[str | BackendError]) -> list[str | BackendError]:
+        """Every reply in order, once the inner backend has answered the sent requests:
+        successes are stored, repeats share their first's answer."""
+        replies, keys, send = lookup.replies, lookup.keys, lookup.send
+        if len(answers) != len(send):
+            raise RuntimeError(f"{self.inner.fingerprint}: the backend returned {len(answers)} replies "
+                               f"for {len(send)} requests")
+        for index, answer in zip(send, answers, strict=True):
+            replies[index] = answer
+            key = keys[index]
+            if key is not None and isinstance(answer, str):
+                self._cache.put(key, {"response": answer})
+        for key, later in lookup.copies.items():
             # A key repeated within one call was a miss the first time: its
             # duplicates share the one answer (or the one failure).
             for index in later:
-                replies[index] = replies[first_of[key]]
+                replies[index] = replies[lookup.first_of[key]]
         misses = sum(1 for i in send if keys[i] is not None)
         with self._stats_lock:
-            self.stats["hits"] += hits + sum(len(later) for later in copies.values())
+            self.stats["hits"] += lookup.hits + sum(len(later) for later in lookup.copies.values())
             self.stats["misses"] += misses
             self.stats["uncached"] += len(send) - misses
-        log.debug("%s: %d cached, %d sent", self.inner.fingerprint, len(requests) - len(send), len(send))
+        log.debug("%s: %d cached, %d sent", self.inner.fingerprint, len(replies) - len(send), len(send))
         return replies  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ google-genai is imported when a backend is built, never at start-up:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -76,9 +77,11 @@ def build_genai_request(messages: list[Message], sampling: Mapping[str, Any] | N
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """Transport failures worth another try: timeouts and broken connections, from
-    whichever HTTP stacks the SDK may use."""
-    classes: list[type[BaseException]] = [TimeoutError, ConnectionError]
+    whichever HTTP stacks the SDK may use (its async client uses aiohttp when that
+    is installed, and before Python 3.11 asyncio's TimeoutError is not the builtin)."""
+    classes: list[type[BaseException]] = [TimeoutError, asyncio.TimeoutError, ConnectionError]
     for module_name, names in (("httpx", ("TransportError",)), ("httpx2", ("TransportError",)),
+                               ("aiohttp", ("ClientConnectionError",)),
                                ("google.auth.exceptions", ("TransportError",))):
         try:
             module = importlib.import_module(module_name)
@@ -122,8 +125,11 @@ class GeminiChat(RemoteChatBackend):
     server asks for (``retry-after`` or Google's ``RetryInfo``), else after an
     exponential backoff with jitter. The SDK's own retries are switched off so
     that attempts are counted here. At most ``max_concurrency`` requests are in
-    flight; ``complete_many`` uses them all. ``base_url`` points the SDK at a
-    gateway or proxy; ``client`` replaces the SDK client (tests).
+    flight; ``complete_many`` uses them all. ``requests_per_minute`` (None:
+    unlimited) paces requests on the client's side. ``acomplete`` and
+    ``acomplete_many`` go through the SDK's async client (``client.aio``), under
+    the same retries. ``base_url`` points the SDK at a gateway or proxy;
+    ``client`` replaces the SDK client (tests).
     """
 
     def __init__(self, model: str, api_key_env: str | None = None, vertexai: bool = False,
@@ -131,13 +137,13 @@ class GeminiChat(RemoteChatBackend):
                  top_p: float | None = None, max_output_tokens: int | None = None, seed: int | None = None,
                  thinking_budget: int | None = None, response_mime_type: str | None = None, *,
                  timeout_s: float = 120, max_retries: int = 4, max_concurrency: int = 8, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, max_retry_after_s: float = 120.0, base_url: str | None = None,
-                 client: Any = None) -> None:
+                 max_backoff_s: float = 30.0, max_retry_after_s: float = 120.0,
+                 requests_per_minute: float | None = None, base_url: str | None = None, client: Any = None) -> None:
         if not isinstance(model, str) or not model:
             raise ValueError("GeminiChat needs a model name, e.g. gemini-2.5-flash")
         super().__init__(RetryPolicy(timeout_s=timeout_s, max_retries=max_retries, max_concurrency=max_concurrency,
                                      backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                                     max_retry_after_s=max_retry_after_s))
+                                     max_retry_after_s=max_retry_after_s, requests_per_minute=requests_per_minute))
         self.model = model
         self._settings = {"temperature": temperature, "top_p": top_p, "max_output_tokens": max_output_tokens,
                           "seed": seed, "thinking_budget": thinking_budget, "response_mime_type": response_mime_type}
@@ -182,6 +188,13 @@ class GeminiChat(RemoteChatBackend):
             lambda: self._client.models.generate_content(model=self.model, contents=contents, config=config))
         return self._reply_text(response, attempt)
 
+    async def acomplete(self, messages: list[Message], **sampling: Any) -> str:
+        contents, config = build_genai_request(messages, sampling, self._settings)
+        # The SDK's async client keeps a connection pool per event loop itself.
+        response, attempt = await self._acall_with_retries(
+            lambda: self._client.aio.models.generate_content(model=self.model, contents=contents, config=config))
+        return self._reply_text(response, attempt)
+
     def _failure(self, exc: Exception) -> AttemptFailure | None:
         from google.genai import errors
 
@@ -219,3 +232,4 @@ class GeminiChat(RemoteChatBackend):
                 close()
             except Exception:  # closing is best effort; nothing is lost
                 log.debug("closing the genai client failed", exc_info=True)
+        super().close()

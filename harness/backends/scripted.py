@@ -18,7 +18,6 @@ digest so that a line for it is easy to add.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from harness.backends.chat import BackendError, ChatBackend, Message
 from harness.backends.digest import last_user_text, request_digest
+from harness.jsonl import json_objects
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,13 @@ class ScriptedChat(ChatBackend):
         self.content_sha256 = hashlib.sha256(data).hexdigest()
         self._by_digest: dict[str, _Line] = {}
         self._matches: list[tuple[str, _Line]] = []
-        for number, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if raw.strip():
-                self._add(number, raw)
+        for number, entry in json_objects(self.path):
+            self._add(number, entry)
         if not self._by_digest and not self._matches:
             raise ValueError(f"{self.path}: no recorded responses")
 
-    def _add(self, number: int, raw: str) -> None:
+    def _add(self, number: int, entry: dict) -> None:
         where = f"{self.path}:{number}"
-        try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not JSON: {exc}") from None
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
         unknown = set(entry) - {"prompt_sha256", "match", "response", "error"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")

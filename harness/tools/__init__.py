@@ -99,6 +99,7 @@ def in_process_caller(handler: Any):
 TOOL_BACKENDS: Registry[type[ToolBackend]] = Registry("tool backend")
 TOOL_BACKENDS.register("oracle", "harness.tools.oracle:OracleBackend")
 TOOL_BACKENDS.register("real", "harness.tools.models:ModelBackend")
+TOOL_BACKENDS.register("dummy", "harness.tools.dummy:DummyBackend")
 
 
 def make_backend(name: str, **options: Any) -> ToolBackend:

@@ -1,0 +1,52 @@
+"""The training-data-size ablation (Table 5): data, training and evaluation per size, then the table.
+
+    python recipes/ablation_data_size/run.py --config recipes/ablation_data_size/config.yaml [--trainer trl|verl]
+        [--sizes 40,160] [--dry-run] [--table-only] [--set key=value ...]
+
+Steps already done (their output exists) are skipped, so the same command resumes. The
+table (<work_dir>/table5.md) is written from the evaluations' results.json files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from harness.training.ablation import describe, load_plan, plan_steps, run_steps, write_table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, type=Path, help="the ablation YAML")
+    parser.add_argument("--trainer", choices=["trl", "verl"], help="override the config's trainer")
+    parser.add_argument("--sizes", help="comma-separated sizes (default: the config's)")
+    parser.add_argument("--dry-run", action="store_true", help="print every command and run nothing")
+    parser.add_argument("--table-only", action="store_true", help="only write the table from existing results")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    overrides = list(args.set)
+    if args.trainer:
+        overrides.append(f"trainer={args.trainer}")
+    if args.sizes:
+        overrides.append(f"sizes=[{args.sizes}]")
+    plan = load_plan(args.config, overrides)
+    if not args.table_only:
+        if args.dry_run:
+            print(f"# per size: {json.dumps(describe(plan))}")
+        commands = run_steps(plan_steps(plan), dry_run=args.dry_run)
+        if args.dry_run:
+            print("\n".join(commands))
+    if args.dry_run:
+        print(f"# then: the table from {plan.work_dir}/eval/n*/results.json into {plan.work_dir}/table5.md")
+        return 0
+    print(write_table(plan))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,487 @@
+"""Training recipes end to end on a CPU: GRPO (TRL), the SFT baseline, verl's entry points, the ablation.
+
+The GRPO and SFT recipes run their real entry points on a tiny random Qwen3
+taught to reply with one well-formed plan and program (so the sampled replies
+reach every part of the reward), with the real reward: the format gate, the
+syntax check in the sandbox, and the four judgements from an ``openai`` chat
+backend talking to a scripted OpenAI-compatible server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from fake_openai import Reply, running_chat_server
+from harness.training.data import QueryRow, TrainingData, write_trl_jsonl, write_verl_parquet
+from harness.training.reward import PARTS
+from harness.training.verifier import RUBRICS, VERIFIED_PARTS
+from tiny_models import save_tiny_qwen3
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+SYSTEM = "Write a plan in <plan> tags and a program in <answer> tags."
+QUESTIONS = ["How many cups are on the table?", "How many red chairs are there?",
+             "Is the mug left of the laptop?", "How tall is the blue cube?"]
+GOOD = ('<plan>Find the cups with the detector and count them; none found means 0.</plan>\n'
+        '<answer>\ncups = gd_detect(image, "cup")\nfinal_answer = len(cups)\n</answer>')
+CRASHES = "<plan>Divide.</plan><answer>final_answer = 1 / 0</answer>"
+
+
+def load_entry(relative: str) -> ModuleType:
+    """A recipe's entry point, imported from its file (recipes are scripts, not a package)."""
+    path = RECIPES / relative
+    name = "recipe_" + relative.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def judge(body: dict) -> Reply:
+    """The scripted verifier: every criterion met, except a spatial relation in a question about 'left'."""
+    system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+    part = next(p for p in VERIFIED_PARTS if system.endswith(RUBRICS[p]))
+    score = 0 if part == "spatial" and "left of" in user else 1
+    return Reply(content=json.dumps({"reason": f"{part} judged", "score": score}))
+
+
+def write_reward_yaml(folder: Path, url: str, cache: bool = True) -> Path:
+    path = folder / "reward.yaml"
+    path.write_text(yaml.safe_dump({
+        "verifier": {"backend": "openai", "model": "judge", "base_url": url, "max_concurrency": 8,
+                     "max_retries": 0, "timeout_s": 30},
+        "cache": cache, "syntax_workers": 2}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny Qwen3, briefly trained to answer every prompt with GOOD (thinking off).
+
+    Sampled at temperature 1 it mostly reproduces GOOD and sometimes drifts, so
+    GRPO groups see well-formed, working programs (and now and then broken ones).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = save_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    heads = [tokenizer.apply_chat_template(messages(q), tokenize=False, add_generation_prompt=True,
+                                           enable_thinking=False) for q in QUESTIONS]
+    sequences = [tokenizer(h + GOOD + "<|im_end|>", add_special_tokens=False)["input_ids"] for h in heads]
+    starts = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
+    labels = torch.full((len(sequences), width), -100)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (sequence, start) in enumerate(zip(sequences, starts)):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, :len(sequence)] = 1
+        labels[row, start:len(sequence)] = torch.tensor(sequence[start:])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder
+
+
+def messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Training rows written by harness.training.data's own writers (TRL JSONL and verl parquet)."""
+    folder = tmp_path_factory.mktemp("tiny-data")
+    rows = [QueryRow(q, "omni3d_bench_train" if i % 2 else "generated", "test", f"q{i}", None)
+            for i, q in enumerate(QUESTIONS)]
+    data = TrainingData(rows, [messages(q) for q in QUESTIONS])
+    write_trl_jsonl(data, folder / "train.jsonl")
+    write_verl_parquet(data, folder / "train.parquet")
+    return folder
+
+
+# ----------------------------------------------------------------------------- GRPO with TRL
+
+
+def test_grpo_config_maps_the_papers_hyperparameters():
+    from harness.training.trl_recipes import grpo_arguments, load_grpo_recipe
+
+    recipe = load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml",
+                              ["grpo.use_cpu=true", "grpo.bf16=false", "grpo.use_vllm=false"])
+    args = grpo_arguments(recipe)
+    assert recipe.model == "Qwen/Qwen3-8B" and recipe.max_prompt_tokens == 6000 and recipe.peft is None
+    assert (args.num_generations, args.generation_batch_size, args.max_completion_length) == (5, 320, 2000)
+    assert (args.beta, args.epsilon, args.loss_type, args.num_iterations) == (0.01, 0.2, "grpo", 1)
+    assert (args.learning_rate, args.weight_decay, args.max_grad_norm, args.num_train_epochs) == (1e-6, 0.01, 1.0, 4)
+    assert (args.temperature, args.top_p) == (1.0, 1.0)
+    assert args.chat_template_kwargs == {"enable_thinking": False}
+    # One optimizer update per 64-prompt generation batch: all its micro-batches accumulate.
+    assert args.steps_per_generation == args.gradient_accumulation_steps == 320
+    with pytest.raises(ValueError, match="reward YAML"):
+        load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", ["grpo.reward_weights=[1, 1]"])
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", ["learning_rate=1e-5"])
+
+
+def test_every_recipe_config_loads():
+    """The configs not run here still build their trainer settings (a misspelt key fails)."""
+    from trl import SFTConfig
+
+    from harness.training.ablation import load_plan
+    from harness.training.reward import RewardConfig
+    from harness.training.sft_sampling import load_sampling_recipe
+    from harness.training.trl_recipes import grpo_arguments, load_grpo_recipe, load_sft_recipe, peft_config
+
+    lora = load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config_lora_1gpu.yaml",
+                            ["grpo.use_cpu=true", "grpo.bf16=false", "grpo.use_vllm=false"])
+    assert grpo_arguments(lora).gradient_accumulation_steps == 160 and peft_config(lora.peft).r == 64
+    sft = load_sft_recipe(RECIPES / "reasoning_sft/train.yaml", ["sft.use_cpu=true", "sft.bf16=false"])
+    assert SFTConfig(output_dir="unused", **sft.sft).completion_only_loss is True
+    sampling = load_sampling_recipe(RECIPES / "reasoning_sft/sample.yaml")
+    assert (sampling.samples_per_query, sampling.min_reward, sampling.backend["kind"]) == (8, 0.7, "vllm")
+    assert load_plan(RECIPES / "ablation_data_size/config.yaml").sizes == [40, 160, 400, 800]
+    for name in ("gemini.yaml", "local_vllm.yaml"):
+        config = RewardConfig.from_yaml(RECIPES / "reward_configs" / name)
+        assert (config.weights.syntax, config.weights.logic, config.weights.attribute) == (0.1, 0.3, 0.2)
+
+
+def test_prompts_over_the_limit_are_dropped_before_training(tiny_model):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from harness.training.trl_recipes import drop_long_prompts, prompt_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = datasets.Dataset.from_list([{"prompt": messages(QUESTIONS[0]), "question": QUESTIONS[0]},
+                                       {"prompt": messages("cube " * 300), "question": "cube " * 300}])
+    limit = prompt_tokens(tokenizer, messages(QUESTIONS[0]), {"enable_thinking": False})
+    kept = drop_long_prompts(rows, tokenizer, limit, {"enable_thinking": False})
+    assert kept["question"] == [QUESTIONS[0]]
+    with pytest.raises(ValueError, match="every prompt"):
+        drop_long_prompts(rows, tokenizer, limit - 1, {"enable_thinking": False})
+
+
+def test_trl_grpo_recipe_runs_two_steps_with_the_real_reward(tiny_model, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "grpo"
+    with running_chat_server(monkeypatch) as server:
+        server.respond = judge
+        reward_yaml = write_reward_yaml(tmp_path, server.url)
+        code = load_entry("reasoning_grpo_trl/train.py").main([
+            "--config", str(RECIPES / "reasoning_grpo_trl/config_cpu_tiny.yaml"),
+            "--set", f"model={tiny_model}", "--set", f"train_data={tiny_data / 'train.jsonl'}",
+            "--set", f"output_dir={out}", "--set", f"reward_config={reward_yaml}"])
+        judged = list(server.requests)
+    assert code == 0
+    steps = [entry for entry in json.loads((out / "training_log.json").read_text()) if "reward" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    for entry in steps:  # every part of the reward is logged on its own, with the verifier's counts
+        assert {f"rewards/{part}/mean" for part in PARTS} <= set(entry)
+        assert "verifier/judgements" in entry and entry["verifier/failed_judgements"] == 0
+    # Replies got through the format gate, their programs ran in the sandbox, and the
+    # verifier was asked over HTTP, each request being one of the four criteria.
+    assert max(entry["rewards/format/mean"] for entry in steps) > 0
+    assert max(entry["rewards/syntax/mean"] for entry in steps) > 0
+    assert judged and all(r["path"].endswith("/chat/completions") for r in judged)
+    asked = {next(p for p in VERIFIED_PARTS if r["body"]["messages"][0]["content"].endswith(RUBRICS[p]))
+             for r in judged}
+    assert asked == set(VERIFIED_PARTS)
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats["completions"] == 8 and stats["judgements"] == 4 * stats["gated"] > 0
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+# ----------------------------------------------------------------------------- SFT baseline
+
+
+def test_sft_recipe_samples_filters_and_trains_two_steps(tiny_model, tiny_data, tmp_path, monkeypatch):
+    samples = tmp_path / "samples"
+    with running_chat_server(monkeypatch) as server:
+        server.respond = judge
+        reward_yaml = write_reward_yaml(tmp_path, server.url)
+        sample_args = ["--config", str(RECIPES / "reasoning_sft/sample_cpu_tiny.yaml"),
+                       "--set", f"train_data={tiny_data / 'train.jsonl'}", "--set", f"output_dir={samples}",
+                       "--set", f"reward_config={reward_yaml}", "--set", f"backend.checkpoint={tiny_model}"]
+        sample = load_entry("reasoning_sft/sample.py")
+        assert sample.main(sample_args) == 0
+        candidates = [json.loads(line) for line in (samples / "candidates.jsonl").read_text().splitlines()]
+        first = (samples / "sft.jsonl").read_text()
+
+        # A crash mid-write: the record loses its last reply and keeps half a line. The
+        # rerun drops the torn line, samples only what is missing, and rebuilds sft.jsonl.
+        lines = (samples / "candidates.jsonl").read_text().splitlines(keepends=True)
+        (samples / "candidates.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])
+        assert sample.main(sample_args) == 0
+        resumed = [json.loads(line) for line in (samples / "candidates.jsonl").read_text().splitlines()]
+
+    assert len(candidates) == len(QUESTIONS) * 2  # two replies per query
+    assert sorted((c["query_id"], c["sample"]) for c in resumed) == sorted((c["query_id"], c["sample"])
+                                                                           for c in candidates)
+    assert (samples / "sft.jsonl").read_text() == first
+    rows = [json.loads(line) for line in first.splitlines()]
+    assert rows, "no sampled reply reached the threshold"
+    assert all(row["reward"] >= 0.7 for row in rows)
+    assert len(rows) == len({(r["query_id"], r["completion"][0]["content"].strip()) for r in rows})  # deduplicated
+    kept_ids = {(c["query_id"], c["completion"].strip()) for c in candidates if c["reward"] >= 0.7}
+    assert {(r["query_id"], r["completion"][0]["content"].strip()) for r in rows} == kept_ids
+    row = rows[0]
+    assert row["prompt"][0] == {"role": "system", "content": SYSTEM}
+    assert row["completion"][0]["role"] == "assistant" and row["chat_template_kwargs"] == {"enable_thinking": False}
+    # The verifier judged every well-formed reply; its spatial verdict was 0 exactly for the
+    # 'left of' question (such replies still clear 0.7 when the rest holds: 0.8).
+    gated = [c for c in candidates if c["parts"]["format"] == 1.0]
+    assert gated and all((c["parts"]["spatial"] == 0.0) == ("left of" in c["question"]) for c in gated)
+
+    model_out = tmp_path / "sft-model"
+    code = load_entry("reasoning_sft/train.py").main([
+        "--config", str(RECIPES / "reasoning_sft/train_cpu_tiny.yaml"), "--set", f"model={tiny_model}",
+        "--set", f"train_data={samples / 'sft.jsonl'}", "--set", f"output_dir={model_out}"])
+    assert code == 0
+    losses = [e for e in json.loads((model_out / "training_log.json").read_text()) if "loss" in e]
+    assert [e["step"] for e in losses] == [1, 2]
+    assert (model_out / "config.json").is_file()
+
+
+def test_sft_filter_threshold_and_duplicates(tmp_path):
+    from harness.training.sft_sampling import SamplingRecipe, _Filter
+
+    recipe = SamplingRecipe(train_data="x", output_dir=str(tmp_path), backend={"kind": "scripted"})
+    prompts = {"a": messages("qa"), "b": messages("qb")}
+    candidates = [{"query_id": "a", "question": "qa", "completion": GOOD, "reward": 0.9},
+                  {"query_id": "a", "question": "qa", "completion": GOOD + "\n", "reward": 1.0},  # same reply
+                  {"query_id": "b", "question": "qb", "completion": GOOD, "reward": 0.7},  # another query
+                  {"query_id": "b", "question": "qb", "completion": CRASHES, "reward": 0.6}]
+    rows = list(_Filter(recipe, prompts).rows(candidates))
+    assert [(r["query_id"], r["reward"]) for r in rows] == [("a", 0.9), ("b", 0.7)]
+
+
+# ----------------------------------------------------------------------------- verl
+
+
+def test_verl_compute_score_in_a_running_event_loop(tiny_data, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from harness.training import verl_reward
+
+    rows = pq.read_table(tiny_data / "train.parquet").to_pylist()
+    with running_chat_server(monkeypatch) as server:
+        server.respond = judge
+        config = str(write_reward_yaml(tmp_path, server.url, cache=False))
+
+        async def rollouts() -> list[dict]:
+            # As verl's reward loop calls it: keyword arguments, many at once, reward_kwargs merged in.
+            calls = [verl_reward.compute_score(data_source=row["data_source"], solution_str=reply,
+                                               ground_truth=row["reward_model"]["ground_truth"],
+                                               extra_info={**row["extra_info"], "num_turns": 2}, config=config)
+                     for row, reply in zip(rows, [GOOD, GOOD, CRASHES, "no tags at all"])]
+            return await asyncio.gather(*calls)
+
+        try:
+            results = asyncio.run(rollouts())
+        finally:
+            verl_reward.reward_model(config).close()
+            verl_reward.reward_model.cache_clear()
+        judged = len(server.requests)
+    assert all({"score", *PARTS, "verifier_failures"} <= set(r) for r in results)
+    assert results[0]["score"] == pytest.approx(1.0)
+    assert rows[2]["extra_info"]["question"] == QUESTIONS[2]
+    assert results[2]["syntax"] == 0.0 and results[2]["spatial"] == 0.0  # crashes; 'left of' judged 0
+    assert results[2]["score"] == pytest.approx(0.7)
+    assert results[3] == {**dict.fromkeys(PARTS, 0.0), "score": 0.0, "verifier_failures": 0.0}
+    assert judged == 3 * len(VERIFIED_PARTS)  # the unformatted reply was never sent
+
+
+def _train_sh_commands(tmp_path: Path, *extra: str, **env: str) -> list[list[str]]:
+    """The commands train.sh runs, recorded by a stand-in for python (nothing is launched)."""
+    log = tmp_path / "calls.jsonl"
+    stub = tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    import subprocess
+
+    subprocess.run(["bash", str(RECIPES / "reasoning_grpo_verl/train.sh"), *extra], check=True,
+                   env={**os.environ, "PYTHON": str(stub), **env}, capture_output=True, text=True)
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_verl_launch_script_checks_then_trains_with_the_papers_settings(tmp_path):
+    check, launch = _train_sh_commands(tmp_path, "trainer.total_epochs=1")
+    assert check[0].endswith("recipes/reasoning_grpo_verl/check_config.py")
+    assert check[1:4] == ["--compose", "auto", "--"]
+    overrides = check[4:]
+    assert launch[:2] == ["-m", "verl.trainer.main_ppo"] and launch[2:] == overrides
+    settings = dict(o.lstrip("+").split("=", 1) for o in overrides)
+    for key, value in {"algorithm.adv_estimator": "grpo", "data.train_batch_size": "64",
+                       "actor_rollout_ref.rollout.n": "5", "actor_rollout_ref.actor.optim.lr": "1e-6",
+                       "actor_rollout_ref.actor.use_kl_loss": "True", "actor_rollout_ref.actor.kl_loss_coef": "0.01",
+                       "actor_rollout_ref.actor.kl_loss_type": "low_var_kl", "actor_rollout_ref.actor.clip_ratio": "0.2",
+                       "data.max_prompt_length": "6000", "data.max_response_length": "2000",
+                       "actor_rollout_ref.rollout.temperature": "1.0", "actor_rollout_ref.rollout.name": "vllm",
+                       "data.apply_chat_template_kwargs.enable_thinking": "False",
+                       "trainer.n_gpus_per_node": "8", "actor_rollout_ref.actor.fsdp_config.param_offload": "True",
+                       "actor_rollout_ref.actor.fsdp_config.optimizer_offload": "True",
+                       "reward.custom_reward_function.name": "compute_score",
+                       "reward.reward_manager.name": "naive"}.items():
+        assert settings[key] == value, key
+    assert overrides[-1] == "trainer.total_epochs=1"  # the caller's overrides come last and win
+    assert Path(settings["reward.custom_reward_function.path"]) == REPO / "harness/training/verl_reward.py"
+
+    (tmp_path / "limited").mkdir()
+    _, limited = _train_sh_commands(tmp_path / "limited", REWARD_MANAGER="rate_limited")
+    assert "reward.reward_manager.name=rate_limited" in limited and "+reward.max_concurrent=64" in limited
+
+
+def test_check_config_accepts_ours_and_refuses_legacy_keys_or_another_reward(tmp_path, capsys):
+    check = load_entry("reasoning_grpo_verl/check_config.py")
+    _, launch = _train_sh_commands(tmp_path)
+    good = launch[2:]
+    assert check.main(["--", *good]) == 0  # composed with verl's defaults where verl is installed
+    assert check.main(["--compose", "never", "--", *good]) == 0
+
+    legacy = [*good, "+custom_reward_function.path=" + str(REPO / "harness/training/verl_reward.py"),
+              "+reward_model.reward_manager=batch"]
+    assert check.main(["--compose", "never", "--", *legacy]) == 1
+    assert "custom_reward_function.path is set, but verl 0.9 ignores it" in capsys.readouterr().err
+    other = [o for o in good if not o.startswith("reward.custom_reward_function.path=")]
+    for bad in ([*other, f"reward.custom_reward_function.path={tmp_path / 'my_reward.py'}"],  # another file
+                other,  # none: verl's default scorer
+                [*good, "reward.custom_reward_function.name=compute_score_batched"],
+                [*good, "reward.reward_manager.name=dapo"],
+                [o for o in good if "reward_kwargs" not in o],  # no reward YAML
+                [*good, "+data.system_prompt=You are VALOR"]):
+        assert check.main(["--compose", "never", "--", *bad]) == 1, bad
+    capsys.readouterr()
+
+    # A final configuration as verl composes it: the legacy sections present, but empty.
+    reward_yaml = next(o.split("=", 1)[1] for o in good if "reward_kwargs.config=" in o)
+    final = {"custom_reward_function": {"path": None, "name": None},
+             "reward_model": {"reward_manager": None, "enable": None},
+             "reward": {"custom_reward_function": {"path": str(REPO / "harness/training/verl_reward.py"),
+                                                   "name": "compute_score", "reward_kwargs": {"config": reward_yaml}},
+                        "reward_manager": {"source": "register", "name": "rate_limited"}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(final))
+    assert check.main(["--final-config", str(path)]) == 0
+    final["custom_reward_function"]["path"] = "/elsewhere/reward.py"
+    path.write_text(yaml.safe_dump(final))
+    assert check.main(["--final-config", str(path)]) == 1
+
+
+def test_verl_loads_our_reward_and_computes_grpo_advantages_on_it(tiny_data, tmp_path, monkeypatch):
+    pytest.importorskip("verl")
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from harness.training import verl_reward
+
+    rows = pq.read_table(tiny_data / "train.parquet").to_pylist()[:2]
+    groups = [[GOOD, GOOD, CRASHES, "no tags"], [GOOD, CRASHES, CRASHES, GOOD]]
+    with running_chat_server(monkeypatch) as server:
+        server.respond = judge
+        config = str(write_reward_yaml(tmp_path, server.url))
+        function = get_custom_reward_fn(OmegaConf.create({"reward": {"custom_reward_function": {
+            "path": str(REPO / "harness/training/verl_reward.py"), "name": "compute_score",
+            "reward_kwargs": {"config": config}}}}))
+
+        async def score() -> list[dict]:
+            return await asyncio.gather(*[function(data_source=row["data_source"], solution_str=reply,
+                                                   ground_truth="", extra_info=row["extra_info"])
+                                          for row, replies in zip(rows, groups) for reply in replies])
+
+        try:
+            results = asyncio.run(score())
+        finally:
+            verl_reward.reward_model(config).close()
+            verl_reward.reward_model.cache_clear()
+    scores = torch.tensor([r["score"] for r in results])
+    length = 6
+    mask = torch.ones(len(scores), length)
+    token_rewards = torch.zeros(len(scores), length)
+    token_rewards[:, -1] = scores  # verl puts the outcome reward on the last response token
+    index = np.array([row["extra_info"]["index"] for row, replies in zip(rows, groups) for _ in replies])
+    advantages, _ = compute_grpo_outcome_advantage(token_rewards, mask, index)
+    per_rollout = advantages[:, 0]
+    for group in (slice(0, 4), slice(4, 8)):
+        assert per_rollout[group].mean().abs() < 1e-5  # centred within each group
+        expected = (scores[group] - scores[group].mean()) / (scores[group].std() + 1e-6)
+        assert torch.allclose(per_rollout[group], expected, atol=1e-5)
+    assert per_rollout[0] > 0 > per_rollout[3]  # the good program beats the unformatted reply
+
+
+# ----------------------------------------------------------------------------- the data-size ablation
+
+
+def _fixture_results(path: Path, compat: float, strict: float, n: int = 100) -> None:
+    path.mkdir(parents=True)
+    entry = {"alias": "omni3d_bench", "n": n, "n_scored": n, "accuracy,compat": compat, "accuracy,strict": strict,
+             "accuracy_ci95,compat": [compat - 0.05, compat + 0.05]}
+    (path / "results.json").write_text(json.dumps({"results": {"omni3d_bench": entry}}))
+
+
+def test_ablation_table_from_fixture_results(tmp_path, capsys):
+    from harness.training.ablation import load_plan, write_table
+
+    work = tmp_path / "ablation"
+    _fixture_results(work / "eval/n0", 0.371, 0.355)
+    _fixture_results(work / "eval/n40", 0.398, 0.381)
+    _fixture_results(work / "eval/n160", 0.4025, 0.39)
+    plan = load_plan(RECIPES / "ablation_data_size/config.yaml", [f"work_dir={work}"])
+    text = write_table(plan)
+    assert (work / "table5.md").read_text() == text
+    lines = text.splitlines()
+    assert "| 0 | llm-tools-qwen3-8b | 37.5 | 37.1 | [32.1, 42.1] | 35.5 | 100 |" in lines
+    assert "| 40 | valor-rl (n=40) | 40.0 | 39.8 | [34.8, 44.8] | 38.1 | 100 |" in lines
+    assert "| 160 | valor-rl (n=160) | 39.2 | 40.2 | [35.2, 45.2] | 39.0 | 100 |" in lines
+    assert "| 800 | valor-rl (n=800) | 43.9 | - | - | - | - |" in lines
+    assert lines[-1] == "Not run yet: n = 400, 800."
+
+    # The entry point's --table-only writes the same table, and runs nothing.
+    assert load_entry("ablation_data_size/run.py").main(
+        ["--config", str(RECIPES / "ablation_data_size/config.yaml"), "--table-only", "--set", f"work_dir={work}"]) == 0
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+@pytest.mark.parametrize("trainer", ["trl", "verl"])
+def test_ablation_dry_run_lists_every_command(trainer, tmp_path, capsys):
+    work = tmp_path / "ablation"
+    code = load_entry("ablation_data_size/run.py").main(
+        ["--config", str(RECIPES / "ablation_data_size/config.yaml"), "--dry-run", "--trainer", trainer,
+         "--set", f"work_dir={work}", "--set", "python=python"])
+    assert code == 0 and not work.exists()  # nothing ran
+    commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert commands[0] == f"python -m harness run --system llm-tools-qwen3-8b --tasks omni3d_bench --output-path {work}/eval/n0"
+    for size in (40, 160, 400, 800):
+        assert (f"python -m harness training-data --sources omni3d_bench_train,data/generated/queries.jsonl "
+                f"--size {size} --seed 0 --out {work}/data/n{size}") in commands
+        model = work / ("checkpoints" if trainer == "trl" else "models") / f"n{size}"
+        assert (f"python -m harness run --system valor-rl --system-args llm.model={model.resolve()} "
+                f"--tasks omni3d_bench --output-path {work}/eval/n{size}") in commands
+        batch = min(64, size)
+        if trainer == "trl":
+            train = next(c for c in commands if f"train_data={work}/data/n{size}/train.jsonl" in c)
+            assert train.startswith("accelerate launch") and f"grpo.generation_batch_size={batch * 5}" in train
+        else:
+            train = next(c for c in commands if f"TRAIN_FILES={work}/data/n{size}/train.parquet" in c)
+            assert "recipes/reasoning_grpo_verl/train.sh" in train and f"data.train_batch_size={batch}" in train
+            assert f"bash recipes/reasoning_grpo_verl/merge.sh {work}/checkpoints/n{size} {model}" in commands
+    assert len(commands) == 1 + 4 * (3 if trainer == "trl" else 4)
