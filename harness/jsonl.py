@@ -1,9 +1,11 @@
-"""Reading JSON Lines files of objects with errors that name the file and the line."""
+"""JSON Lines files: reading objects with errors that name the file and the line, and appending
+records crash-safely."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,3 +36,38 @@ def json_objects(path: str | Path, error: type[Exception] = ValueError,
             if not isinstance(entry, dict):
                 raise error(f"{where}: expected an object, got {type(entry).__name__}")
             yield number, entry
+
+
+class JsonlAppender:
+    """Appends JSON lines, flushing each. Opening an existing file reads its
+    records and cuts off a torn last line (the trace of a killed run), so the
+    next line starts clean."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            good = 0
+            with path.open("rb") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.endswith(b"\n"):
+                        log.warning("%s: dropping torn last line %d from an interrupted run", path, number)
+                        break
+                    if line.strip():
+                        try:
+                            self.records.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+                    good += len(line)
+            if good != path.stat().st_size:
+                os.truncate(path, good)
+        self._file = path.open("a", encoding="utf-8")
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()

@@ -87,6 +87,10 @@ class ImageRef:
     def content_hash(self) -> str:
         return hashlib.sha256(self.read_bytes()).hexdigest()
 
+    def file_name(self) -> str | None:
+        """The image's file name, where its source gives one (``000000123.jpg``), else None."""
+        return None
+
 
 @dataclass(frozen=True)
 class FileImage(ImageRef):
@@ -100,6 +104,9 @@ class FileImage(ImageRef):
 
     def describe(self) -> str:
         return self.path
+
+    def file_name(self) -> str | None:
+        return Path(self.path).name
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,7 @@ class LazyImage(ImageRef):
 
     fetch: Callable[[], bytes]
     origin: str
+    name: str | None = None  # the file name the dataset stored with the image, if any
 
     def read_bytes(self) -> bytes:
         try:
@@ -131,6 +139,9 @@ class LazyImage(ImageRef):
 
     def describe(self) -> str:
         return self.origin
+
+    def file_name(self) -> str | None:
+        return Path(self.name).name if self.name else None
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,9 @@ class UrlImage(ImageRef):
 
     def describe(self) -> str:
         return self.local_path or self.url
+
+    def file_name(self) -> str | None:
+        return Path(self.local_path).name if self.local_path else Path(self.url.split("?")[0]).name or None
 
 
 @dataclass

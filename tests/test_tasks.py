@@ -39,6 +39,7 @@ OTHER_TASKS = ["blink_counting", "blink_spatial_relation", "omni3d_bench_full", 
                "realworldqa_valor", "vsr_random"]  # and the training split
 ALL_TASKS = PAPER_TASKS + OTHER_TASKS  # tasks read from (fixture copies of) hub datasets
 GENERATED_TASKS = ["synthetic"]  # generated offline; tested in test_synthetic.py
+PSEUDO_LABEL_TASKS = ["gqa_train", "tallyqa_train", "vsr_train"]  # image pools; tested in test_pseudolabels.py
 
 IMAGE_KIND = {
     "omni3d_bench": LazyImage, "omni3d_bench_full": LazyImage, "omni3d_bench_train": LazyImage,
@@ -123,8 +124,8 @@ def assert_colour(image: PIL.Image.Image, rgb: tuple[int, int, int], tolerance: 
 # --------------------------------------------------------------------------- registry
 
 def test_registry_holds_exactly_the_task_files(registry):
-    assert registry.names() == sorted(ALL_TASKS + GENERATED_TASKS)
-    names = ALL_TASKS + GENERATED_TASKS
+    assert registry.names() == sorted(ALL_TASKS + GENERATED_TASKS + PSEUDO_LABEL_TASKS)
+    names = ALL_TASKS + GENERATED_TASKS + PSEUDO_LABEL_TASKS
     assert {Path(registry.config(n).source_file).name for n in names} == {f"{n}.yaml" for n in names}
 
 
@@ -136,7 +137,7 @@ def test_all_expands_to_the_eight_paper_tasks(registry):
 def test_expand_names_tags_and_duplicates(registry):
     assert registry.expand("vsr, blink,vsr") == ["vsr", "blink"]
     assert registry.expand("variant") == sorted(set(OTHER_TASKS) - {"omni3d_bench_train"})
-    assert registry.expand("train") == ["omni3d_bench_train"]
+    assert registry.expand("train") == sorted(["omni3d_bench_train"] + PSEUDO_LABEL_TASKS)
     assert registry.expand("all,omni3d_bench_full") == PAPER_TASKS + ["omni3d_bench_full"]
     with pytest.raises(ValueError, match="no tasks selected"):
         registry.expand(" , ")
@@ -677,7 +678,7 @@ def test_invalid_yaml_names_the_file(tmp_path):
 def test_valid_extra_task_file_is_registered(tmp_path):
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(VALID), encoding="utf-8")
     registry = TaskRegistry([tmp_path])
-    assert "toy" in registry.names() and len(registry.names()) == len(ALL_TASKS + GENERATED_TASKS) + 1
+    assert "toy" in registry.names() and len(registry.names()) == len(ALL_TASKS + GENERATED_TASKS + PSEUDO_LABEL_TASKS) + 1
     config = registry.config("toy")
     assert (config.rows, config.answer_type, config.dataset.parts[0].split) == (None, "integer", "test")
     assert config.source_file == str(tmp_path / "toy.yaml")

@@ -23,6 +23,7 @@ SYSTEM_KINDS.register("llm_program", "harness.systems.llm_program:LLMProgramSyst
 SYSTEM_KINDS.register("direct_vlm", "harness.systems.direct:DirectVLMSystem")
 SYSTEM_KINDS.register("visprog", "harness.systems.visprog:VisProgSystem")
 SYSTEM_KINDS.register("vipergpt", "harness.systems.vipergpt:ViperGPTSystem")
+SYSTEM_KINDS.register("replay", "harness.systems.replay:ReplaySystem")
 
 
 class SystemConfigError(ValueError):

@@ -31,6 +31,24 @@ class DatasetPart:
 
 
 @dataclass(frozen=True)
+class ImageTable:
+    """Images kept in another config (or file) of the same dataset, joined to the rows by a key.
+
+    The rows' image field (``fields.image``) then holds a key, and the table row
+    whose ``key`` column has that value holds the picture in its ``image``
+    column (lmms-lab/GQA: a question's ``imageId`` is the ``id`` of a row of the
+    ``train_balanced_images`` config). Only the key column is read up front, into
+    an index from key to row; each image is read when a system asks for it.
+    """
+
+    split: str
+    config: str | None = None
+    data_files: str | None = None
+    key: str = "id"
+    image: str = "image"
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     path: str  # hub id; also the folder under --data-dir that holds the same files
     kind: str = "hub"
@@ -39,6 +57,7 @@ class DatasetSpec:
     hub_files: tuple[str, ...] | None = None  # allow-patterns, so only the needed files are fetched
     image_root: str | None = None  # folder (inside the dataset folder) of image files named by the image field
     options: dict[str, Any] = field(default_factory=dict)  # source-specific settings
+    image_table: ImageTable | None = None  # images in another config, joined by key (hub sources)
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,12 @@ def parse_task_config(data: Any, source_file: str = "<dict>") -> TaskConfig:
         ds["hub_files"] = tuple(_expect(where, "dataset.hub_files", ds["hub_files"], list))
     if ds.get("options") is not None:
         _expect(where, "dataset.options", ds["options"], dict)
+    if ds.get("image_table") is not None:
+        table = _expect(where, "dataset.image_table", ds["image_table"], dict)
+        _check_keys(f"{where} dataset.image_table", table, ImageTable)
+        if "split" not in table:
+            raise TaskConfigError(f"{where}: dataset.image_table needs a 'split'")
+        ds["image_table"] = ImageTable(**{k: str(v) if v is not None else None for k, v in table.items()})
     dataset = DatasetSpec(**ds)
 
     kwargs = {k: v for k, v in data.items() if k not in ("dataset",)}

@@ -113,6 +113,76 @@ def _arrow_image_bytes(table: Any, row: int, column: str, root: Path) -> bytes:
     raise ValueError(f"column {column!r} holds neither bytes nor a path")
 
 
+def _stored_names(table: Any, column: str, start: int = 0, stop: int | None = None) -> list[str | None]:
+    """The file names an Arrow image column stored beside the bytes (rows start to stop),
+    read from the ``path`` field alone, without touching the image bytes."""
+    import pyarrow.compute as pc
+
+    paths = pc.struct_field(table.data.column(column), "path")
+    stop = len(paths) if stop is None else stop
+    return paths.slice(start, stop - start).to_pylist()
+
+
+class JoinedImages:
+    """The images of a dataset's image table (:class:`~harness.tasks.config.ImageTable`), found by key.
+
+    The table is memory-mapped by ``datasets``; only its key column is read into
+    an index (key -> row, made on first use), and an image's bytes only when
+    the image is asked for.
+    """
+
+    def __init__(self, task: str, spec: DatasetSpec, root: Path, cache_dir: str) -> None:
+        import datasets
+
+        self.spec = spec
+        self.table_spec = table_spec = spec.image_table
+        self.root = root
+        data_files = {table_spec.split: table_spec.data_files} if table_spec.data_files else None
+        self.where = f"{spec.path} image table (config={table_spec.config}, split={table_spec.split})"
+        try:
+            table = datasets.load_dataset(str(root), name=table_spec.config, data_files=data_files,
+                                          split=table_spec.split, cache_dir=cache_dir)
+        except Exception as exc:
+            raise DatasetUnavailableError(f"task {task!r}: cannot read the {self.where} from {root}: {exc}") from exc
+        for column in (table_spec.key, table_spec.image):
+            if column not in table.column_names:
+                raise DatasetUnavailableError(f"task {task!r}: the {self.where} has no column {column!r}; "
+                                              f"its columns: {', '.join(table.column_names)}")
+        if not isinstance(table.features[table_spec.image], datasets.Image):
+            raise DatasetUnavailableError(f"task {task!r}: column {table_spec.image!r} of the {self.where} "
+                                          f"is not an image column")
+        self._table = table
+        self._images = table.select_columns([table_spec.image]).cast_column(
+            table_spec.image, datasets.Image(decode=False))
+        self._index: dict[str, int] | None = None
+        self._names: list[str | None] = []
+
+    def _lookup(self) -> dict[str, int]:
+        if self._index is None:
+            keys = self._table.data.column(self.table_spec.key).to_pylist()
+            index: dict[str, int] = {}
+            for row, key in enumerate(keys):
+                index.setdefault(str(key), row)  # a repeated key: the first row holds its image
+            self._names = _stored_names(self._table, self.table_spec.image)
+            self._index = index
+        return self._index
+
+    def ref(self, key: Any) -> ImageRef | None:
+        """The image whose key is ``key``; reading one that the table lacks fails naming the key."""
+        if key is None:
+            return None
+        origin = f"{self.where} {self.table_spec.key}={key}"
+        row = self._lookup().get(str(key))
+        if row is None:
+            return LazyImage(partial(_missing_image, origin), origin)
+        return LazyImage(partial(_arrow_image_bytes, self._images, row, self.table_spec.image, self.root), origin,
+                         name=self._names[row])
+
+
+def _missing_image(origin: str) -> bytes:
+    raise ValueError(f"no image with {origin}")
+
+
 SOURCES.register("synthetic", "harness.synthetic.source:SyntheticSource")
 
 
@@ -140,6 +210,7 @@ class HubSource(Source):
                 ) from exc
             self._parts.append((part, table))
         self._length = sum(len(t) for _, t in self._parts)
+        self._joined = JoinedImages(task, spec, self.root, cache_dir) if spec.image_table is not None else None
 
     def __len__(self) -> int:
         return self._length
@@ -165,27 +236,32 @@ class HubSource(Source):
                 # Every image feature stays out of the text columns, not only the task's image:
                 # iterating would otherwise decode e.g. RoboSpatial's depth and mask for every row.
                 text_columns = [c for c in table.column_names if not isinstance(table.features[c], datasets.Image)]
-                images = None
+                images, names = None, None
                 if is_arrow_image:
                     images = table.select_columns([image_column]).cast_column(
                         image_column, datasets.Image(decode=False))
+                    names = _stored_names(table, image_column, lo, hi)
                 text = table.select_columns(text_columns).select(range(lo, hi))
                 position = lo
                 for batch in text.iter(batch_size=1024):
                     for values in zip(*batch.values()):
                         data = dict(zip(batch.keys(), values))
+                        name = names[position - lo] if names is not None else None
                         yield RawRow(offset + position, part, position, data,
-                                     self._image_ref(part, position, data, image_column, images))
+                                     self._image_ref(part, position, data, image_column, images, name))
                         position += 1
             offset += len(table)
             if offset >= stop:
                 return
 
     def _image_ref(self, part: DatasetPart, position: int, data: dict, column: str | None,
-                   images: Any) -> ImageRef | None:
+                   images: Any, stored_name: str | None = None) -> ImageRef | None:
         origin = f"{self.spec.path}[{part.label}] row {position}"
+        if self._joined is not None:
+            return self._joined.ref(data.get(self.fields.image) if self.fields.image else None)
         if images is not None:
-            return LazyImage(partial(_arrow_image_bytes, images, position, column, self.root), origin)
+            return LazyImage(partial(_arrow_image_bytes, images, position, column, self.root), origin,
+                             name=stored_name)
         name = data.get(column) if column else None
         local = str(self.root / (self.spec.image_root or "") / name) if name else None
         url = data.get(self.fields.image_url) if self.fields.image_url else None

@@ -18,6 +18,7 @@ step at all).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -160,6 +161,17 @@ def plan_steps(plan: AblationPlan) -> list[Step]:
     for size in plan.sizes:
         steps += [data_step(plan, size), *train_steps(plan, size), eval_step(plan, size)]
     return steps
+
+
+def ablation_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of an ablation's entry point: ``--config``, ``--dry-run``, ``--table-only``,
+    ``--set``; the entry point adds its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, type=Path, help="the ablation YAML")
+    parser.add_argument("--dry-run", action="store_true", help="print every command and run nothing")
+    parser.add_argument("--table-only", action="store_true", help="only write the table from existing results")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    return parser
 
 
 def run_steps(steps: Sequence[Step], dry_run: bool = False) -> list[str]:

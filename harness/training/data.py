@@ -29,6 +29,7 @@ message and the question in the user message, as the paper's training did;
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.systems.llm_program import LLMProgramSystem
 from harness.jsonl import json_objects
@@ -65,6 +66,9 @@ class QueryRow:
     origin: str  # the --sources item it was read from (the unit of balancing)
     id: str  # stable within its origin: ``task/sample id`` or ``file:line``
     image: str | None  # a reference to the image (a path, or the dataset row it lives in)
+    # Task rows: the sample without its answer, for callers that need the image itself
+    # or the sample's meta (the synthetic benchmark's reference programs).
+    sample: Sample | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -111,13 +115,20 @@ def is_file_source(spec: str) -> bool:
     return spec.lower().endswith(_JSONL_SUFFIXES) or Path(spec).is_file()
 
 
-def read_task_source(name: str, registry: TaskRegistry, data_dir: str | None = None,
-                     allow_eval_tasks: bool = False) -> tuple[list[QueryRow], int]:
-    """Questions of a task, and the number of rows that could not be read.
+def without_answer(sample: Sample) -> Sample:
+    """The sample with its answer, and everything derived from it, removed."""
+    meta = {key: value for key, value in sample.meta.items() if key != "compat"}
+    return dataclasses.replace(sample, answer=None, compat_gold=None, answer_type=AnswerType.NONE, meta=meta)
 
-    Only ``sample.question`` is read. A task that carries answers is an
-    evaluation task: training on its questions would contaminate its results,
-    so it is refused unless ``allow_eval_tasks``.
+
+def read_task_source(name: str, registry: TaskRegistry, data_dir: str | None = None,
+                     allow_eval_tasks: bool = False, limit: int | None = None) -> tuple[list[QueryRow], int]:
+    """Questions of a task (its first ``limit`` rows), and the number of rows that could not be read.
+
+    Only the question and the image are kept: each row's ``sample`` has its
+    answer removed. A task that carries answers is an evaluation task: training
+    on its questions would contaminate its results, so it is refused unless
+    ``allow_eval_tasks``.
     """
     config = registry.config(name)
     if config.answers and not allow_eval_tasks:
@@ -125,18 +136,20 @@ def read_task_source(name: str, registry: TaskRegistry, data_dir: str | None = N
             f"task {name!r} is an evaluation task (it has answers); training on its questions contaminates "
             f"its results. Use a training task (e.g. omni3d_bench_train) or pass --allow-eval-tasks.")
     rows, skipped = [], 0
-    for sample in registry.task(name, data_dir).samples():
+    for sample in registry.task(name, data_dir).samples(limit):
         if sample.error or not sample.question.strip():
             skipped += 1
             log.warning("training data: skipping %s/%s: %s", name, sample.id, sample.error or "empty question")
             continue
         image = sample.image.describe() if sample.image is not None else None
-        rows.append(QueryRow(sample.question.strip(), name, name, f"{name}/{sample.id}", image))
+        rows.append(QueryRow(sample.question.strip(), name, name, f"{name}/{sample.id}", image,
+                             without_answer(sample)))
     return rows, skipped
 
 
-def read_query_file(path: str | Path) -> list[QueryRow]:
-    """Generated queries: JSON lines with ``query`` (required), ``image`` and ``source``.
+def read_query_file(path: str | Path, default_source: str | None = None) -> list[QueryRow]:
+    """Generated queries: JSON lines with ``query`` (required), ``image`` and ``source``
+    (when a line has none: ``default_source``, else the file's name without its suffix).
 
     Relative image paths are read relative to the file's folder, so a folder of
     images and its query file can move together. A torn last line (a generator
@@ -156,7 +169,7 @@ def read_query_file(path: str | Path) -> list[QueryRow]:
             # Written relative to the file's folder (see querygen); absolute here, so the
             # training files name the image wherever they are read.
             image = str((path.parent / str(image)).resolve())
-        source = entry.get("source") or path.stem
+        source = entry.get("source") or default_source or path.stem
         rows.append(QueryRow(query.strip(), str(source), str(path), f"{path.name}:{number}", image))
     return rows
 
@@ -199,21 +212,29 @@ def _shares(size: int, available: Sequence[int]) -> list[int]:
     return shares
 
 
-def select_rows(pools: dict[str, list[QueryRow]], options: DataOptions) -> tuple[list[QueryRow], dict[str, int]]:
-    """The selected rows (shuffled together) and the number of unique rows per source."""
+def _row_question_key(row: QueryRow) -> str:
+    return question_key(row.question)
+
+
+def select_rows(pools: dict[str, list[QueryRow]], options: DataOptions,
+                key: Callable[[QueryRow], str] = _row_question_key) -> tuple[list[QueryRow], dict[str, int]]:
+    """The selected rows (shuffled together) and the number of unique rows per source.
+
+    Rows with the same ``key`` are duplicates (by default identical questions;
+    the pseudo-labelling pipeline uses one row per image)."""
     seen: set[str] = set()
     unique: dict[str, list[QueryRow]] = {}
     for origin, rows in pools.items():
         kept = []
         for row in rows:
-            key = question_key(row.question)
-            if options.dedup and key in seen:
+            row_key = key(row)
+            if options.dedup and row_key in seen:
                 continue
-            seen.add(key)
+            seen.add(row_key)
             kept.append(row)
         dropped = len(rows) - len(kept)
         if dropped:
-            log.info("training data: %s: %d duplicate questions dropped", origin, dropped)
+            log.info("selection: %s: %d duplicates dropped", origin, dropped)
         _source_rng(options.seed, origin).shuffle(kept)
         unique[origin] = kept
 
@@ -223,13 +244,13 @@ def select_rows(pools: dict[str, list[QueryRow]], options: DataOptions) -> tuple
     elif options.size > total:
         counts = ", ".join(f"{origin}: {len(rows)}" for origin, rows in unique.items())
         raise TrainingDataError(f"asked for {options.size} rows but the sources hold only {total} unique "
-                                f"questions ({counts})")
+                                f"rows ({counts})")
     elif options.balanced:
         shares = _shares(options.size, [len(rows) for rows in unique.values()])
         equal = options.size // len(unique)
         short = [f"{origin} ({len(rows)})" for origin, rows in unique.items() if len(rows) < equal]
         if short:
-            log.warning("training data: below an equal share of %d: %s; the other sources fill the rest",
+            log.warning("selection: below an equal share of %d: %s; the other sources fill the rest",
                         equal, ", ".join(short))
         selected = [row for (_, rows), share in zip(unique.items(), shares) for row in rows[:share]]
     else:

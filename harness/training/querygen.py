@@ -32,11 +32,9 @@ as soon as their batch is done, so a killed run loses at most one batch.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -45,6 +43,8 @@ import yaml
 from PIL import Image
 
 from harness.backends import BackendError, ChatBackend, make_chat_backend
+from harness.jsonl import JsonlAppender
+from harness.replies import ReplyError, extract_json
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,6 @@ Make the {n} questions as varied as you can, drawing on these kinds:
 Answer with a JSON list of exactly {n} strings, the questions, and nothing else."""
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-class ReplyError(ValueError):
-    """A VLM reply that does not hold what was asked for."""
 
 
 @dataclass
@@ -162,29 +158,6 @@ def queries_request(image: Image.Image, n: int = 5) -> list[dict[str, Any]]:
     return _request(image, QUERIES_PROMPT.replace("{n}", str(n)))
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-def extract_json(reply: str) -> Any:
-    """The JSON value in a reply: the whole text, a fenced block, or the first
-    object or list in it. ReplyError when there is none."""
-    text = reply.strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[\[{]", text):
-        try:
-            return decoder.raw_decode(text[match.start():])[0]
-        except json.JSONDecodeError:
-            continue
-    raise ReplyError(f"no JSON in the reply: {reply[:200]!r}")
-
-
 @dataclass
 class Suitability:
     suitable: bool
@@ -258,41 +231,6 @@ def status_path(out: str | Path) -> Path:
     """``queries.jsonl`` -> ``queries.status.jsonl``."""
     out = Path(out)
     return out.with_name(f"{out.stem}.status.jsonl")
-
-
-class JsonlAppender:
-    """Appends JSON lines, flushing each. Opening an existing file reads its
-    records and cuts off a torn last line (the trace of a killed run), so the
-    next line starts clean."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            good = 0
-            with path.open("rb") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.endswith(b"\n"):
-                        log.warning("%s: dropping torn last line %d from an interrupted run", path, number)
-                        break
-                    if line.strip():
-                        try:
-                            self.records.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
-                    good += len(line)
-            if good != path.stat().st_size:
-                os.truncate(path, good)
-        self._file = path.open("a", encoding="utf-8")
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -9,23 +9,17 @@ table (<work_dir>/table5.md) is written from the evaluations' results.json files
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Sequence
 
-from harness.training.ablation import describe, load_plan, plan_steps, run_steps, write_table
+from harness.training.ablation import ablation_parser, describe, load_plan, plan_steps, run_steps, write_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, type=Path, help="the ablation YAML")
+    parser = ablation_parser(__doc__)
     parser.add_argument("--trainer", choices=["trl", "verl"], help="override the config's trainer")
     parser.add_argument("--sizes", help="comma-separated sizes (default: the config's)")
-    parser.add_argument("--dry-run", action="store_true", help="print every command and run nothing")
-    parser.add_argument("--table-only", action="store_true", help="only write the table from existing results")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

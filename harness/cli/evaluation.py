@@ -1,140 +1,25 @@
-"""Command line: ``python -m harness {list,run,score,show} ...``."""
+"""Evaluation commands: list, run, exec, grounding-eval, score, show, convert-detector."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
-from harness.overrides import OverrideError, nested, parse_key_values
-from harness.registry import UnknownNameError
-from harness.runner import RunError, RunOptions, evaluate, find_records, rescore
-from harness.sandbox.executor import SandboxError
-from harness.sandbox.isolation import IsolationError
+from harness.cli.common import add_judge_args, judge_spec, parse_limit
+from harness.overrides import nested, parse_key_values
+from harness.runner import RunOptions, evaluate, find_records, rescore
 from harness.scoring import JudgeSpec
-from harness.systems import SystemConfigError, SystemRegistry
-from harness.systems.predictions import PredictionsFileError
-from harness.tasks import TaskConfigError, TaskRegistry
-from harness.tasks.sources import DatasetUnavailableError
-from harness.types import ImageError
-
-log = logging.getLogger("harness")
-
-# Errors a user can fix from the message alone: shown without a traceback.
-_USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
-                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError)
+from harness.systems import SystemRegistry
+from harness.tasks import TaskRegistry
 
 
-def parse_limit(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _add_judge_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--judge", metavar="MODEL", help="LLM judge for open answers (GQA); default: exact match")
-    parser.add_argument("--judge-base-url", metavar="URL", help="OpenAI-compatible endpoint of the judge")
-    parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="VAR",
-                        help="environment variable holding the judge's API key (default: %(default)s)")
-
-
-def _judge_spec(args: argparse.Namespace) -> JudgeSpec | None:
-    if args.judge is None:
-        return None
-    return JudgeSpec(model=args.judge, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env)
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    """``k=v`` (one repeatable option) -> (k, v), the value read as a YAML scalar."""
-    try:
-        return next(iter(parse_key_values([text]).items()))
-    except OverrideError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-# The option that names a backend's model, for backends that do not call it ``model``.
-_MODEL_OPTION = {"transformers": "checkpoint", "scripted": "path"}
-
-
-def chat_backend_options(base: dict[str, Any], spec: str | None, options: Sequence[tuple[str, Any]]) -> dict[str, Any]:
-    """A chat backend's options from ``--X KIND[:MODEL]`` and ``--X-option k=v``.
-
-    ``base`` (the config's backend) is kept unless a spec is given; a spec starts
-    from nothing, because one backend's settings rarely apply to another. The
-    options go on top of either (e.g. ``base_url=...``, ``thinking_budget=0``).
-    """
-    result = dict(base)
-    if spec:
-        kind, _, model = spec.partition(":")
-        result = {"backend": kind.strip()}
-        if model:
-            result[_MODEL_OPTION.get(result["backend"], "model")] = model
-    result.update(options)
-    return result
-
-
-def _add_training_parsers(sub: Any) -> None:
-    p = sub.add_parser("training-data", help="write label-free training queries for verl (parquet) and TRL (JSONL)")
-    p.add_argument("--sources", required=True,
-                   help="comma-separated task names (e.g. omni3d_bench_train) and JSONL files of generated queries")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="folder for train.parquet, train.jsonl and manifest.json")
-    p.add_argument("--size", type=int, metavar="N", help="rows in all (default: every unique question)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--unbalanced", action="store_true",
-                   help="a uniform sample of all sources (default: an equal share per source)")
-    p.add_argument("--keep-duplicates", action="store_true", help="keep identical questions")
-    p.add_argument("--layout", choices=["system", "user"], default="system",
-                   help="prompt in the system message (default, as the paper trained) or with the question")
-    p.add_argument("--prompt", default="prompts/program_writer.md", metavar="FILE",
-                   help="program-writing prompt ({api} is replaced by the tool API; default: %(default)s)")
-    p.add_argument("--question-template", default="{question}", help="the user turn (default: %(default)s)")
-    p.add_argument("--allow-eval-tasks", action="store_true", help="allow tasks that have answers (evaluation data)")
-    p.add_argument("--data-dir", metavar="DIR", help="local copies of the datasets (default: $HARNESS_DATA_DIR)")
-    p.add_argument("--include-path", action="append", default=[], metavar="DIR")
-
-    p = sub.add_parser("generate-queries", help="generate spatial questions for unlabeled images with a VLM")
-    p.add_argument("images", type=Path, help="folder of images (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE",
-                   help="JSONL of queries, continued if it exists (status lines go to FILE's .status.jsonl)")
-    p.add_argument("--config", type=Path, metavar="YAML", help="settings (recipes/query_generation/config.yaml)")
-    p.add_argument("--vlm", metavar="KIND[:MODEL]", help="chat backend, e.g. genai:gemini-2.5-flash")
-    p.add_argument("--vlm-option", action="append", default=[], type=_key_value, metavar="K=V",
-                   help="a setting of the VLM backend (repeatable)")
-    p.add_argument("--seed", type=int, help="seed of the choice among candidates")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (sorted by path)")
-    p.add_argument("--max-queries", type=int, metavar="N", help="stop once the output holds N queries")
-    p.add_argument("--candidates", type=int, metavar="N", help="questions asked per image (default 5)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images whose requests go out together")
-    p.add_argument("--no-retry-failed", action="store_true", help="do not retry images that failed before")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    p = sub.add_parser("verifier-agreement", help="agreement of an LLM verifier with human-labelled rewards")
-    p.add_argument("labels", type=Path, help='JSONL: {"query", "plan", "code", "labels": {"logic": 0|1, ...}}')
-    p.add_argument("--verifier", metavar="KIND[:MODEL]",
-                   help="chat backend, e.g. genai:gemini-2.5-flash, openai:gpt-5-mini, vllm:Qwen/Qwen3-8B "
-                        "(default: the reward's verifier)")
-    p.add_argument("--verifier-option", action="append", default=[], type=_key_value, metavar="K=V",
-                   help="a setting of the verifier backend (repeatable), e.g. base_url=http://localhost:8000/v1")
-    p.add_argument("--reward-config", type=Path, metavar="YAML",
-                   help="take the verifier and sampling from a reward config")
-    p.add_argument("--no-cache", action="store_true", help="always ask the verifier (no response cache)")
-    p.add_argument("--output-path", type=Path, metavar="FILE",
-                   help="also write the report (with every verdict) as JSON")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parsers(sub: Any) -> None:
     p = sub.add_parser("list", help="list tasks or systems")
     p.add_argument("what", choices=["tasks", "systems"])
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
@@ -159,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="device for the models the system loads (auto, cpu, cuda, cuda:1, ...)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
-    _add_judge_args(p)
+    add_judge_args(p)
 
     p = sub.add_parser("exec", help="run one program in the sandbox and print its result as JSON")
     p.add_argument("program", type=Path, help="a Python file: the program body (it sets final_answer)")
@@ -182,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score a run's saved predictions again (no model is run)")
     p.add_argument("run_dir", type=Path)
-    _add_judge_args(p)
+    add_judge_args(p)
 
     p = sub.add_parser("show", help="show one sample of a run")
     p.add_argument("run_dir", type=Path)
@@ -197,8 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers config and processor of the same architecture (default: %(default)s)")
     p.add_argument("--allow-unexpected", action="store_true", help="drop (and list) keys no conversion rule knows")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
-    _add_training_parsers(sub)
-    return parser
 
 
 def _fmt(value: float | None) -> str:
@@ -264,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
-        log_samples=args.log_samples, judge=_judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
+        log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
     )
     systems.config(options.system)  # fail on an unknown system before any data is read
     results = evaluate(options, tasks, systems)
@@ -315,7 +198,7 @@ def cmd_grounding_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    results = rescore(args.run_dir, _judge_spec(args))
+    results = rescore(args.run_dir, judge_spec(args))
     print(results_table(results))
     return 0
 
@@ -372,92 +255,5 @@ def cmd_convert_detector(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_training_data(args: argparse.Namespace) -> int:
-    from harness.training.data import DataOptions, TrainingDataError, counts_table, split_sources, write_training_data
-
-    options = DataOptions(size=args.size, balanced=not args.unbalanced, seed=args.seed, dedup=not args.keep_duplicates,
-                          layout=args.layout, prompt=args.prompt, question_template=args.question_template,
-                          data_dir=args.data_dir, allow_eval_tasks=args.allow_eval_tasks)
-    try:
-        info = write_training_data(split_sources(args.sources), args.out, options, TaskRegistry(args.include_path))
-    except TrainingDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(tabulate(counts_table(info), headers=["source", "read", "unique", "selected", "unreadable"],
-                   tablefmt="github"))
-    print(f"\n{info['rows']} rows written to {args.out} (train.parquet for verl, train.jsonl for TRL, manifest.json)")
-    return 0
-
-
-def cmd_generate_queries(args: argparse.Namespace) -> int:
-    from harness.training.querygen import QueryGenConfig, QueryGenerator, status_path
-
-    try:
-        config = QueryGenConfig.from_yaml(args.config) if args.config else QueryGenConfig()
-        config.vlm = chat_backend_options(config.vlm, args.vlm, args.vlm_option)
-        for name, value in (("seed", args.seed), ("limit", args.limit), ("max_queries", args.max_queries),
-                            ("num_candidates", args.candidates), ("batch_size", args.batch_size)):
-            if value is not None:
-                setattr(config, name, value)
-        if args.no_retry_failed:
-            config.retry_failed = False
-        config.__post_init__()  # check the settings as changed on the command line
-        generator = QueryGenerator(config)
-    except (ValueError, TypeError) as exc:  # a bad setting, or a backend that cannot start (no API key)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        stats = generator.run(args.images, args.out, progress=not args.no_progress)
-    finally:
-        generator.close()
-    print(tabulate([[stats.images, stats.already_done, stats.processed, stats.ok, stats.unsuitable, stats.failed,
-                     stats.queries_in_file]],
-                   headers=["images", "already done", "processed", "ok", "unsuitable", "failed", "queries in file"],
-                   tablefmt="github"))
-    if stats.stopped_early:
-        print(f"stopped: the output holds {stats.queries_in_file} queries (--max-queries)")
-    if stats.failed:
-        stages = ", ".join(f"{stage}: {n}" for stage, n in sorted(stats.failed_by_stage.items()))
-        print(f"{stats.failed} images failed ({stages}); see {status_path(args.out)}. Run again to retry them.",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_verifier_agreement(args: argparse.Namespace) -> int:
-    from harness.backends import make_chat_backend
-    from harness.training.agreement import LabelsError, format_report, measure_agreement, read_labels
-    from harness.training.reward import RewardConfig
-
-    try:
-        reward = RewardConfig.from_yaml(args.reward_config) if args.reward_config else RewardConfig()
-        options = chat_backend_options(reward.verifier, args.verifier, args.verifier_option)
-        outputs = read_labels(args.labels)
-        kind = options.pop("backend")
-        verifier = make_chat_backend(kind, cache=False if args.no_cache else reward.cache, **options)
-    except (LabelsError, ValueError, TypeError) as exc:  # bad labels or settings, or no API key
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = measure_agreement(outputs, verifier, reward.verifier_sampling)
-    finally:
-        verifier.close()
-    print(format_report(report))
-    if args.output_path:
-        args.output_path.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    command = {"list": cmd_list, "run": cmd_run, "exec": cmd_exec, "grounding-eval": cmd_grounding_eval,
-               "score": cmd_score, "show": cmd_show,
-               "convert-detector": cmd_convert_detector, "training-data": cmd_training_data,
-               "generate-queries": cmd_generate_queries, "verifier-agreement": cmd_verifier_agreement}[args.command]
-    try:
-        return command(args)
-    except _USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+COMMANDS = {"list": cmd_list, "run": cmd_run, "exec": cmd_exec, "grounding-eval": cmd_grounding_eval,
+            "score": cmd_score, "show": cmd_show, "convert-detector": cmd_convert_detector}
