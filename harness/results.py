@@ -144,7 +144,7 @@ def build_results(run: dict[str, Any], summaries: dict[str, TaskSummary]) -> dic
         "versions": {t: configs[t].get("version") for t in summaries},
         "n-samples": n_samples,
         "higher_is_better": {t: {configs[t].get("metric", "accuracy"): True} for t in summaries},
-        "config": {k: run.get(k) for k in ("system", "system_config", "tasks", "limit", "seed", "judge")},
+        "config": {k: run.get(k) for k in ("system", "label", "system_config", "tasks", "limit", "seed", "judge")},
         "task_hashes": hashes,
         "task_revisions": {t: task_meta.get(t, {}).get("revision") for t in summaries},
         "errors": run.get("errors", {}),

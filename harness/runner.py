@@ -27,6 +27,7 @@ from harness.scoring import Judge, JudgeSpec, make_judge, score_record
 from harness.systems import SystemRegistry
 from harness.systems.base import System
 from harness.tasks import Task, TaskRegistry
+from harness.tasks.sources import data_dir_from_env
 from harness.tasks.task import resolve_limit
 from harness.types import Prediction, Sample, Status
 
@@ -53,6 +54,7 @@ class RunOptions:
     log_samples: bool = False
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     include_paths: list[str] = field(default_factory=list)
+    label: str | None = None  # names the run for the leaderboard (a variant of a system, e.g. valor-rl-n40)
 
 
 def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> dict[str, Any]:
@@ -93,8 +95,10 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
 
 def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> dict[str, Any]:
     run_dir = options.output_path
+    data_dir = data_dir_from_env(options.data_dir)
     run = {
         "system": options.system,
+        "label": options.label,
         "system_config": system.describe(),
         "tasks": options.tasks,
         "limit": options.limit,
@@ -103,6 +107,8 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
         "log_samples": options.log_samples,
         "task_configs": {t: registry.config(t).to_dict() for t in options.tasks},
         "task_meta": {},
+        # Where the datasets were read from, so that later readers (the report) find the images too.
+        "data_dir": str(data_dir.resolve()) if data_dir else None,
         "errors": {},
         "started": now_iso(),
         "harness_version": __version__,
@@ -119,6 +125,8 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
             raise RunError(f"cannot resume {run_dir}: these settings differ from the original run: "
                            f"{', '.join(changed)}")
         previous["errors"] = {}
+        if options.label is not None:  # a label names the run without changing it, so it may change on resume
+            previous["label"] = options.label
         previous["resumed"] = previous.get("resumed", []) + [now_iso()]
         run = previous
     elif options.resume:

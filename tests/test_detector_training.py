@@ -555,14 +555,15 @@ def test_figure7_dry_run_prints_every_command(tmp_path, capsys):
     assert not work.exists()
     commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     replay = "python -m harness run --system replay --tools real --tasks robospatial,vsr,countbenchqa --system-args"
-    assert commands[0] == f"{replay} run={base.resolve()} --output-path {work}/eval/base --resume"
-    for amount, slug in (("0.25", "share-0.25"), ("1.0", "share-1"), ("500", "images-500")):
+    assert commands[0] == f"{replay} run={base.resolve()} --label valor-gd-0 --output-path {work}/eval/base --resume"
+    for amount, slug, label in (("0.25", "share-0.25", "valor-gd-25pct"), ("1.0", "share-1", "valor-gd-100pct"),
+                                ("500", "images-500", "valor-gd-500")):
         assert (f"python -m harness train-detector --config recipes/grounding_sft/config.yaml --resume "
                 f"--set 'data=[\"runs/pseudo_labels\"]' --set subset={amount} --set seed=0 "
                 f"--set output_dir={work}/detectors/{slug}") in commands
         detector = (work / "detectors" / slug / "final").resolve()
         assert (f"{replay} run={base.resolve()},tool_options.real.detector.checkpoint={detector} "
-                f"--output-path {work}/eval/{slug} --resume") in commands
+                f"--label {label} --output-path {work}/eval/{slug} --resume") in commands  # the leaderboard's row
     assert len(commands) == 1 + 3 * 2
 
 

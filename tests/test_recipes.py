@@ -475,7 +475,7 @@ def test_ablation_dry_run_lists_every_command(trainer, tmp_path, capsys):
                 f"--size {size} --seed 0 --out {work}/data/n{size}") in commands
         model = work / ("checkpoints" if trainer == "trl" else "models") / f"n{size}"
         assert (f"python -m harness run --system valor-rl --system-args llm.model={model.resolve()} "
-                f"--tasks omni3d_bench --output-path {work}/eval/n{size}") in commands
+                f"--label valor-rl-n{size} --tasks omni3d_bench --output-path {work}/eval/n{size}") in commands
         batch = min(64, size)
         if trainer == "trl":
             train = next(c for c in commands if f"train_data={work}/data/n{size}/train.jsonl" in c)

@@ -40,6 +40,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--system-args", metavar="K=V,...", help="override parameters of the system file")
     p.add_argument("--log-samples", action="store_true",
                    help="also keep the full request sent to the model in each record")
+    p.add_argument("--label", metavar="NAME",
+                   help="name of this run in the leaderboard: a paper row such as valor-rl-n40 (default: the system)")
     p.add_argument("--tools", metavar="BACKEND", help="tool backend for program systems (oracle, real)")
     p.add_argument("--device", help="device for the models the system loads (auto, cpu, cuda, cuda:1, ...)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
@@ -148,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
         log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
+        label=args.label,
     )
     systems.config(options.system)  # fail on an unknown system before any data is read
     results = evaluate(options, tasks, systems)

@@ -37,6 +37,14 @@ def amount_label(amount: int | float) -> str:
     return f"{amount * 100:g}%" if isinstance(amount, float) else f"{amount} images"
 
 
+def leaderboard_label(amount: int | float) -> str:
+    """The evaluation run's ``--label``, which the leaderboard plots (Figure 7):
+    ``valor-gd-0`` (base detector), ``valor-gd-500`` (500 images), ``valor-gd-25pct`` (a 25% share)."""
+    if amount == 0:
+        return "valor-gd-0"
+    return f"valor-gd-{amount * 100:g}pct" if isinstance(amount, float) else f"valor-gd-{amount}"
+
+
 def amount_slug(amount: int | float) -> str:
     if amount == 0:
         return "base"
@@ -104,7 +112,8 @@ def eval_step(plan: GroundingAblationPlan, amount: int | float) -> Step:
     if amount:
         system_args += f",tool_options.real.detector.checkpoint={(plan.detector_dir(amount) / 'final').resolve()}"
     argv = [plan.python, "-m", "harness", "run", "--system", "replay", "--tools", "real", "--tasks",
-            ",".join(plan.tasks), "--system-args", system_args, "--output-path", str(out), "--resume",
+            ",".join(plan.tasks), "--system-args", system_args, "--label", leaderboard_label(amount),
+            "--output-path", str(out), "--resume",
             *plan.eval_args]
     return Step(f"eval {amount_label(amount)}", argv, out / "results.json")
 

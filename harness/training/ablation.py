@@ -30,13 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from harness.paper import load_table
 from harness.training.recipe_config import RecipeConfigError, load_recipe
 
 log = logging.getLogger(__name__)
 
-# Table 5: Omni3D-Bench accuracy by training-set size (0: the base Qwen3-8B).
-PAPER_TABLE5: dict[int, float] = {0: 37.5, 40: 40.0, 160: 39.2, 400: 40.8, 800: 43.9}
 TRAINERS = ("trl", "verl")
+
+
+def paper_table5() -> dict[int, float]:
+    """The paper's Table 5 (``results/paper/table5.csv``): Omni3D-Bench accuracy by
+    training-set size, 0 being the base Qwen3-8B."""
+    return {int(number.group): number.value for number in load_table(5)}
 
 
 @dataclass
@@ -88,6 +93,10 @@ class AblationPlan:
 
     def eval_dir(self, size: int) -> Path:
         return Path(self.work_dir) / "eval" / f"n{size}"
+
+    def label(self, size: int) -> str:
+        """The run's leaderboard label: Table 5's row for this size (valor-rl-n40, ...)."""
+        return f"{self.trained_system}-n{size}"
 
     def batch(self, size: int) -> int:
         return min(self.prompts_per_step, size)
@@ -148,7 +157,8 @@ def eval_step(plan: AblationPlan, size: int) -> Step:
         system = plan.base_system
     else:
         system = plan.trained_system
-        system_args = ["--system-args", f"llm.model={plan.model_dir(size).resolve()}"]
+        system_args = ["--system-args", f"llm.model={plan.model_dir(size).resolve()}",
+                       "--label", plan.label(size)]  # the base model's run is a plain run of its system
     argv = [plan.python, "-m", "harness", "run", "--system", system, *system_args, "--tasks", plan.task,
             "--output-path", str(out), *plan.eval_args]
     return Step(f"eval n={size}", argv, out / "results.json")
@@ -224,10 +234,11 @@ def _percent(value: Any) -> float | None:
 
 def table_rows(plan: AblationPlan, metric: str = "accuracy") -> list[TableRow]:
     sizes = ([0] if plan.include_base else []) + list(plan.sizes)
+    paper = paper_table5()
     rows = []
     for size in sizes:
         system = plan.base_system if size == 0 else f"{plan.trained_system} (n={size})"
-        row = TableRow(size, system, PAPER_TABLE5.get(size))
+        row = TableRow(size, system, paper.get(size))
         results_file = plan.eval_dir(size) / "results.json"
         entry = read_result(results_file, plan.task)
         if entry is not None:
