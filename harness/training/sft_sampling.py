@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from harness.backends import BackendError, ChatBackend, make_chat_backend
+from harness.jsonl import JsonlAppender
 from harness.training.recipe_config import RecipeConfigError, load_recipe
 from harness.training.reward import RewardModel
 from harness.training.trl_recipes import build_reward_model, load_rows, require_columns
@@ -82,44 +83,12 @@ def build_sampler_backend(options: dict[str, Any]) -> ChatBackend:
     return make_chat_backend(options.pop("kind"), **options)
 
 
-def _read_candidates(path: Path) -> list[dict[str, Any]]:
-    """The records written so far; a torn last line (a killed run) is dropped."""
-    if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                log.warning("%s: ignoring a torn last line", path)
-                continue
-            raise ValueError(f"{path}:{number}: not JSON") from None
-    if lines and not path.read_bytes().endswith(b"\n"):
-        # Rewrite without the torn line, so appending continues on a clean line.
-        _write_lines(path, records)
-    return records
-
-
 def _write_lines(path: Path, records: Sequence[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-
-
-def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    if not records:
-        return
-    with path.open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class _Filter:
@@ -176,36 +145,44 @@ def sample_sft_data(recipe: SamplingRecipe, backend: ChatBackend | None = None,
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates_path, sft_path = out / CANDIDATES_FILE, out / SFT_FILE
-    candidates = _read_candidates(candidates_path)
+    # Opening the candidates cuts off a torn last line (a killed run), so appending continues cleanly.
+    candidates_file = JsonlAppender(candidates_path)
+    candidates = list(candidates_file.records)
     done = {(c["query_id"], c["sample"]) for c in candidates}
     keep = _Filter(recipe, prompts)
-    _write_lines(sft_path, list(keep.rows(candidates)))  # derived from the record, whatever a killed run left
+    kept = list(keep.rows(candidates))
+    _write_lines(sft_path, kept)  # derived from the record, whatever a killed run left
+    sft_file = JsonlAppender(sft_path)
+    summary = SamplingSummary(queries=len(queries), kept=len(kept))
     if done:
         log.info("resuming: %d replies already scored in %s", len(done), candidates_path)
 
     own_backend, own_reward = backend is None, reward_model is None
-    backend = backend or build_sampler_backend(recipe.backend)
-    reward_model = reward_model or build_reward_model(recipe.reward_config)
-    summary = SamplingSummary(queries=len(queries))
     try:
+        backend = backend or build_sampler_backend(recipe.backend)
+        reward_model = reward_model or build_reward_model(recipe.reward_config)
         for round_index in range(recipe.samples_per_query):
             todo = [q for q in queries if (q[0], round_index) not in done]
             for batch in _batches(todo, recipe.batch_size):
                 new = _sample_batch(recipe, backend, reward_model, batch, round_index, summary)
-                _append(candidates_path, new)
-                _append(sft_path, list(keep.rows(new)))
+                for record in new:
+                    candidates_file.append(record)
+                for row in keep.rows(new):
+                    sft_file.append(row)
+                    summary.kept += 1
                 candidates.extend(new)
             log.info("round %d of %d done: %d replies scored so far", round_index + 1, recipe.samples_per_query,
                      len(candidates))
     finally:
-        if own_backend:
+        candidates_file.close()
+        sft_file.close()
+        if own_backend and backend is not None:
             backend.close()
-        if own_reward:
+        if own_reward and reward_model is not None:
             reward_model.close()
 
     rewards = [c["reward"] for c in candidates]
     summary.sampled = len(candidates)
-    summary.kept = len(_read_candidates(sft_path))
     summary.duplicates = keep.duplicates
     summary.verifier_failures = sum(len(c.get("failed") or []) for c in candidates)
     summary.mean_reward = sum(rewards) / len(rewards) if rewards else 0.0
