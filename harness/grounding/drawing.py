@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -78,13 +76,3 @@ def padded_crop(image: Image.Image, box: Sequence[float], padding: float = 0.1, 
     scale = long_side / max(crop.size)
     size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
     return crop.resize(size, Image.Resampling.BICUBIC)
-
-
-def jpeg_data_uri(image: Image.Image, max_side: int = 640, quality: int = 85) -> str:
-    """A JPEG thumbnail as a data URI, for pages that must stay self-contained."""
-    thumbnail = image.convert("RGB")
-    if max(thumbnail.size) > max_side:
-        thumbnail.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

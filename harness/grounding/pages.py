@@ -20,9 +20,10 @@ from typing import Any
 
 from PIL import Image
 
-from harness.grounding.drawing import KEPT_COLOUR, REMOVED_COLOUR, Mark, draw_marks, jpeg_data_uri, palette_colour
+from harness.grounding.drawing import KEPT_COLOUR, REMOVED_COLOUR, Mark, draw_marks, palette_colour
 from harness.grounding.pipeline import FAILED, safe_name, short_hash
 from harness.grounding.verifier import STAGES
+from harness.report.images import make_thumbnail
 
 PAGES_DIR = "pages"
 THUMBNAIL_SIDE = 560
@@ -51,7 +52,7 @@ def _panel(image: Image.Image, record: dict[str, Any], title: str, alive: list[i
     else:
         marks = [Mark(candidates[i]["box"], f"{i} {candidates[i]['label']}", REMOVED_COLOUR) for i in removed]
         marks += [Mark(candidates[i]["box"], f"{i} {candidates[i]['label']}", KEPT_COLOUR) for i in alive]
-    picture = jpeg_data_uri(draw_marks(image, marks), THUMBNAIL_SIDE)
+    picture = make_thumbnail(draw_marks(image, marks), THUMBNAIL_SIDE, quality=85).data_uri
     lines = [f"<li class='removed'>{i} {html.escape(candidates[i]['label'])}"
              + (f": {html.escape(reasons[str(i)])}" if reasons.get(str(i)) else "") + "</li>" for i in removed]
     summary = (f"{len(alive)} candidates" if title == "detector"

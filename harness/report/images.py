@@ -44,11 +44,12 @@ class TaskImages:
     unavailable: str | None = None  # why the task's images could not be read at all
 
 
-def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> Thumbnail:
+def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int = JPEG_QUALITY) -> Thumbnail:
+    """A JPEG thumbnail (longer side at most ``side``) for pages that must stay self-contained."""
     small = image.convert("RGB")  # a copy, so the caller's image keeps its size
-    small.thumbnail((side, side))
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    small.save(buffer, "JPEG", quality=quality)
     return Thumbnail(base64.b64encode(buffer.getvalue()).decode("ascii"), small.size, image.size)
 
 
