@@ -37,12 +37,30 @@ class Reply:
     refusal: str | None = None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that reads and writes JSON bodies, for the tests' fake servers."""
+
+    def read_json(self) -> Any:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+
+    def send_json(self, status: int, data: bytes | Any, headers: dict[str, str] | None = None) -> None:
+        raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+
+class _Handler(JsonHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         server: ChatServer = self.server  # type: ignore[assignment]
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
-        body = json.loads(raw or b"{}")
+        body = self.read_json()
         with server.lock:
             server.requests.append({"path": self.path, "body": body, "time": time.monotonic(),
                                     "headers": {k.lower(): v for k, v in self.headers.items()}})
@@ -73,18 +91,9 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.dumps({"error": {"message": f"scripted failure {reply.status}", "type": "server_error",
                                          "code": None}}).encode()
         try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(reply.status, data, reply.headers)
         except OSError:  # the client gave up waiting (timeout tests)
             pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
 
 
 class ChatServer(ThreadingHTTPServer):

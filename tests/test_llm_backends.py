@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import types as pytypes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,6 +52,7 @@ from harness.backends import (
 )
 from harness.backends.genai import build_genai_request
 from harness.backends.scripted import script_entry
+from fake_openai import JsonHandler
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["How many red cubes?", "Write a Python program", "hi", "The answer is", "Is the mug left of the chair?"]
@@ -266,10 +267,10 @@ def _from_wire(message: dict) -> dict:
     return {"role": message["role"], "content": parts}
 
 
-class _TinyModelHandler(BaseHTTPRequestHandler):
+class _TinyModelHandler(JsonHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         server: TinyModelServer = self.server  # type: ignore[assignment]
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        body = self.read_json()
         with server.lock:
             server.bodies.append(body)
             server.in_flight += 1
@@ -289,15 +290,7 @@ class _TinyModelHandler(BaseHTTPRequestHandler):
         finally:
             with server.lock:
                 server.in_flight -= 1
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.send_json(status, data)
 
 
 @pytest.fixture
@@ -715,25 +708,17 @@ class _GeminiRestServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
 
 
-class _GeminiRestHandler(BaseHTTPRequestHandler):
+class _GeminiRestHandler(JsonHandler):
     def do_POST(self) -> None:  # noqa: N802
         server: _GeminiRestServer = self.server  # type: ignore[assignment]
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        body = self.read_json()
         server.requests.append({"path": self.path, "key": self.headers.get("x-goog-api-key"), "body": body})
         status = server.statuses.pop(0) if server.statuses else 200
         if status == 200:
             data = {"candidates": [{"content": {"role": "model", "parts": [{"text": "blue"}]}, "finishReason": "STOP"}]}
         else:
             data = {"error": {"code": status, "message": "overloaded", "status": "UNAVAILABLE"}}
-        raw = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.send_json(status, data)
 
 
 def test_gemini_through_the_real_sdk_retries_only_in_our_loop(monkeypatch):

@@ -19,6 +19,7 @@ from harness.systems import vipergpt, visprog
 from harness.systems.program import Program
 from harness.systems.vipergpt import ImagePatch, ViperGPTSystem
 from harness.systems.visprog import STEPS, VisProgError, VisProgSystem, parse_program, run_program, safe_eval
+from toy import synthetic_task
 
 PROMPTS = Path(__file__).resolve().parents[1] / "baselines" / "prompts"
 
@@ -464,23 +465,7 @@ def test_vipergpt_format_errors(reply, message):
 # --------------------------------------------------------------------------- end to end: CLI, sandbox, oracle tools
 
 FAMILIES = ("count", "relation_2d", "depth_order")
-MINI_TASK = """\
-task: synthetic_mini
-dataset:
-  path: synthetic/mini
-  kind: synthetic
-  parts:
-    - split: test
-fields:
-  id: id
-  question: question
-  answer: answer
-  image: image
-  answer_type: answer_type
-  choices: choices
-  cluster: scene
-formatter: per_row
-"""
+MINI_TASK = synthetic_task("synthetic_mini", "synthetic/mini")
 _COUNT = re.compile(r"^How many (.+?) (?:are there|are in the image|can you see)\?$")
 _RELATION = re.compile(r"^(?:In the image, )?[Ii]s the (\w+ \w+) (to the left of|to the right of|above|below|"
                        r"closer to the camera than|farther from the camera than) the (\w+ \w+)\?$")

@@ -94,3 +94,9 @@ fields:
   cluster: scene
 formatter: per_row
 """
+
+
+def synthetic_task(name: str, path: str) -> str:
+    """:data:`SMALL_SYNTHETIC_TASK` under another name and dataset path (a pre-built copy at
+    DATA_DIR/``path`` is read instead of generating one)."""
+    return SMALL_SYNTHETIC_TASK.replace("synthetic_small", name, 1).replace("synthetic/small", path, 1)
