@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from harness.backends import BackendError, BatchChatBackend, CachedChat, ChatBackend, OpenAIChat, ScriptedChat
-from harness.backends.chat import RateLimiter, RetryPolicy
+from harness.backends.retry import RateLimiter, RetryPolicy
 from fake_openai import ChatServer, KEY_ENV, Reply, make_chat, running_chat_server
 
 

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from harness.backends import BackendError, ChatBackend, OpenAIChat, make_chat_backend
-from harness.backends.chat import parse_messages, retry_after_seconds
+from harness.backends.messages import parse_messages
+from harness.backends.retry import retry_after_seconds
 from harness.registry import UnknownNameError
 from fake_openai import ChatServer, KEY_ENV, Reply, make_chat, running_chat_server
 from harness.tools.vqa import (

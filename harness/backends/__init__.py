@@ -16,24 +16,25 @@ order, a failed request giving its :class:`BackendError` in its place).
 on-disk cache of deterministic requests (:class:`CachedChat`). Heavy libraries
 (torch, transformers, vllm, google-genai) are imported only when a backend
 needing them is first used.
+
+One module a concern: ``messages`` (the message format, image encoding),
+``base`` (the interface, :class:`BackendError`), ``retry`` (retries, backoff,
+rate limits), ``remote`` (the plumbing of remote backends), one module per
+backend, ``digest`` and ``cached`` (request identity, the cache), and
+``factory`` (the registry of kinds, the only module that imports them all).
 """
 
 from __future__ import annotations
 
+from harness.backends.base import BackendError, BatchChatBackend, ChatBackend
 from harness.backends.cached import CachedChat, is_deterministic, with_cache
-from harness.backends.chat import (
-    CHAT_BACKENDS,
-    BackendError,
-    BatchChatBackend,
-    ChatBackend,
-    OpenAIChat,
-    RemoteChatBackend,
-    RetryPolicy,
-    image_data_uri,
-    make_chat_backend,
-)
 from harness.backends.digest import request_digest, request_seed
+from harness.backends.factory import CHAT_BACKENDS, make_chat_backend
 from harness.backends.genai import GeminiChat
+from harness.backends.messages import image_data_uri
+from harness.backends.openai_chat import OpenAIChat
+from harness.backends.remote import RemoteChatBackend
+from harness.backends.retry import RetryPolicy
 from harness.backends.scripted import ScriptedChat
 from harness.backends.transformers_chat import TransformersChat
 from harness.backends.vllm import VLLMChat, build_vllm_request

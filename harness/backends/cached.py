@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.backends.chat import BackendError, BatchChatBackend, ChatBackend, Message
+from harness.backends.base import BackendError, BatchChatBackend, ChatBackend
+from harness.backends.messages import Message
 from harness.backends.digest import request_digest
 from harness.cache import ResponseCache, cache_key, default_cache_dir
 

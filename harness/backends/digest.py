@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from harness.backends.chat import Message, parse_messages
+from harness.backends.messages import Message, parse_messages
 
 
 def _rgb_bytes(image: Image.Image) -> tuple[int, int, bytes]:

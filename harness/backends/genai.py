@@ -14,17 +14,10 @@ import os
 import re
 from typing import Any, Mapping
 
-from harness.backends.chat import (
-    AttemptFailure,
-    BackendError,
-    Message,
-    RemoteChatBackend,
-    RetryPolicy,
-    _count,
-    parse_messages,
-    png_bytes,
-    retry_after_seconds,
-)
+from harness.backends.base import BackendError
+from harness.backends.messages import Message, parse_messages, png_bytes
+from harness.backends.remote import RemoteChatBackend
+from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +112,7 @@ class GeminiChat(RemoteChatBackend):
     ``top_p``, ``max_output_tokens``, ``seed``, ``thinking_budget`` (0 turns
     thinking off on 2.5 Flash models) and ``response_mime_type``.
 
-    Retries as :class:`~harness.backends.chat.OpenAIChat`: at most
+    Retries as :class:`~harness.backends.openai_chat.OpenAIChat`: at most
     ``1 + max_retries`` requests per call; HTTP 408, 409, 429, any 5xx, timeouts
     (``timeout_s``) and connection failures are retried after the wait the
     server asks for (``retry-after`` or Google's ``RetryInfo``), else after an
@@ -214,14 +207,14 @@ class GeminiChat(RemoteChatBackend):
             reason = getattr(feedback, "block_reason", None)
             raise BackendError(f"{self._where}: the reply has no candidates"
                                + (f" (prompt blocked: {reason})" if reason else "")
-                               + f" ({_count(attempt)})", status=200, attempts=attempt)
+                               + f" ({attempt_count(attempt)})", status=200, attempts=attempt)
         candidate = candidates[0]
         parts = getattr(getattr(candidate, "content", None), "parts", None) or []
         text = "".join(part.text for part in parts
                        if getattr(part, "text", None) and not getattr(part, "thought", None))
         if not text.strip():
             raise BackendError(f"{self._where}: the reply has no text (finish_reason="
-                               f"{getattr(candidate, 'finish_reason', None)!s}) ({_count(attempt)})",
+                               f"{getattr(candidate, 'finish_reason', None)!s}) ({attempt_count(attempt)})",
                                status=200, attempts=attempt)
         return text
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.backends.chat import BackendError, ChatBackend, Message
+from harness.backends.base import BackendError, ChatBackend
+from harness.backends.messages import Message
 from harness.backends.digest import last_user_text, request_digest
 from harness.jsonl import json_objects
 

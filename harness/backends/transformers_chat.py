@@ -10,7 +10,8 @@ import logging
 import threading
 from typing import Any, Mapping, Sequence
 
-from harness.backends.chat import BackendError, BatchChatBackend, Message, Turn, _rgb, parse_messages
+from harness.backends.base import BackendError, BatchChatBackend
+from harness.backends.messages import Message, Turn, parse_messages, rgb_image
 from harness.backends.digest import request_digest, request_seed
 from harness.devices import resolve_device, resolve_dtype
 
@@ -256,7 +257,7 @@ class TransformersChat(BatchChatBackend):
         else:
             chats = [[{"role": turn.role,
                        "content": [{"type": "text", "text": part} if isinstance(part, str)
-                                   else {"type": "image", "image": _rgb(part)} for part in turn.parts]}
+                                   else {"type": "image", "image": rgb_image(part)} for part in turn.parts]}
                       for turn in turns] for turns in batch]
             # The processor's own chat path places the image tokens and handles
             # special tokens (BOS) the way the checkpoint's template expects.

@@ -12,7 +12,8 @@ import logging
 import threading
 from typing import Any, Mapping, Sequence
 
-from harness.backends.chat import BackendError, BatchChatBackend, Message, _rgb, image_data_uri, parse_messages
+from harness.backends.base import BackendError, BatchChatBackend
+from harness.backends.messages import Message, image_data_uri, parse_messages, rgb_image
 from harness.backends.digest import request_digest, request_seed
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def _wire_part(part: str | Any, image_format: str) -> dict[str, Any]:
         return {"type": "text", "text": part}
     if image_format == "pil":
         # Handed over as the object itself: no PNG encoding per image per request.
-        return {"type": "image_pil", "image_pil": _rgb(part)}
+        return {"type": "image_pil", "image_pil": rgb_image(part)}
     return {"type": "image_url", "image_url": {"url": image_data_uri(part)}}
 
 

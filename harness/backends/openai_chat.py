@@ -1,0 +1,309 @@
+"""Chat completions from any OpenAI-compatible endpoint (OpenAI, Gemini's
+compatibility endpoint, ``vllm serve``): the SDK from threads, plain httpx2
+from asyncio code, both retried alike by :class:`~harness.backends.remote.RemoteChatBackend`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from typing import Any, Mapping, cast
+
+from harness.backends.base import BackendError
+from harness.backends.messages import Message, Turn, image_data_uri, parse_messages
+from harness.backends.remote import RemoteChatBackend
+from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
+
+log = logging.getLogger(__name__)
+
+
+def _error_detail(exc: Any) -> str:
+    """The server's own words for a failed request, shortened."""
+    body = getattr(exc, "body", None)
+    detail = None
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        detail = inner.get("message") if isinstance(inner, Mapping) else inner
+    elif body is not None:
+        detail = body
+    if not detail:
+        response = getattr(exc, "response", None)
+        try:
+            detail = response.text if response is not None else None
+        except Exception:  # a body that cannot be read says nothing more
+            detail = None
+    text = " ".join(str(detail or getattr(exc, "message", "") or type(exc).__name__).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _ErrorStatus(Exception):
+    """A reply with an error status on the async path, carrying what
+    :func:`_error_detail` reads from the SDK's errors, read as the SDK reads it
+    (``body``: the JSON's ``error`` object, else the JSON, else the text), so
+    that both paths word a failure alike."""
+
+    def __init__(self, response: Any) -> None:
+        text = response.text.strip()
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        self.body = body.get("error", body) if isinstance(body, Mapping) else body
+        self.response = response
+        self.status_code: int = response.status_code
+        self.message = f"Error code: {response.status_code}"
+        super().__init__(self.message)
+
+
+# httpx's connection pool walks all its connections, probing every idle socket,
+# whenever a request starts or ends. In one pool of 256 connections that walk
+# took two thirds of the client's CPU time (1,280 requests, 256 in flight, on 2
+# cores); pools of at most this many connections keep it short.
+_CONNECTIONS_PER_POOL = 16
+
+
+class _PooledClients:
+    """The httpx2 clients of one event loop for one URL: ``size`` connections in
+    all, split into pools of at most ``_CONNECTIONS_PER_POOL``. A request goes to
+    the least busy pool; as at most ``size`` requests are in flight (the loop's
+    slots), that pool always has a free connection, so no request waits for one."""
+
+    def __init__(self, url: str, size: int, **client_options: Any) -> None:
+        import httpx2
+
+        self._url = httpx2.URL(url)  # parsed once, not per request
+        count = -(-size // _CONNECTIONS_PER_POOL)
+        per_pool = -(-size // count)
+        limits = httpx2.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        self._clients = [httpx2.AsyncClient(limits=limits, **client_options) for _ in range(count)]
+        self._busy = [0] * count
+
+    async def post(self, **request: Any) -> Any:
+        """``httpx2.AsyncClient.post`` to the URL on the least busy pool: the whole response."""
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            return await self._clients[index].post(self._url, **request)
+        finally:
+            self._busy[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+class OpenAIChat(RemoteChatBackend):
+    """Chat completions from any OpenAI-compatible endpoint.
+
+    ``temperature=None`` leaves it unset (OpenAI's reasoning models accept only
+    their default). ``max_tokens`` is sent as ``max_tokens``; OpenAI's reasoning
+    models want ``extra={"max_completion_tokens": N}`` instead. ``extra`` holds
+    further request fields: those the OpenAI SDK knows (``reasoning_effort``,
+    ``seed``, ``extra_body``, ...) go as they are, others (vLLM's ``top_k``,
+    ``mm_processor_kwargs``) are merged into ``extra_body`` so they still reach
+    the server.
+
+    Retries: every call makes at most ``1 + max_retries`` requests. A timeout
+    (``timeout_s`` per request), a connection failure, HTTP 408, 409, 429 or any
+    5xx is retried after the wait the server asks for (``retry-after-ms`` or
+    ``retry-after``), or else after an exponential backoff with jitter:
+    ``backoff_s * 2**(n-1)`` capped at ``max_backoff_s``, times a random factor
+    in [0.5, 1]. A server asking for more than ``max_retry_after_s`` is not
+    waited for. Other statuses, and replies that are not a chat completion with
+    text, fail at once. At most ``max_concurrency`` requests of this backend
+    are in flight at any time, whatever the number of calling threads;
+    ``complete_many`` sends its requests on that many threads at once.
+    ``requests_per_minute`` (None: unlimited) paces them on the client's side.
+
+    ``acomplete`` and ``acomplete_many`` send the same request with plain httpx2
+    (the SDK's own HTTP library) from the running event loop: no thread per
+    request, no SDK models, small connection pools (:class:`_PooledClients`).
+    That takes about a third of the CPU time per request of the SDK's
+    ``AsyncOpenAI``, so that even 2 cores keep hundreds of requests in flight.
+    They retry, time out, bound (per loop) and word failures as ``complete`` does.
+
+    ``seed`` (here or per call) is sent when set; servers that honour it
+    (vLLM, OpenAI on a best-effort basis) then sample reproducibly.
+    """
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout_s: float = 60, max_retries: int = 4, max_concurrency: int = 8,
+                 temperature: float | None = 0.0, max_tokens: int | None = None,
+                 extra: dict[str, Any] | None = None, *, seed: int | None = None, backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0, max_retry_after_s: float = 120.0,
+                 requests_per_minute: float | None = None) -> None:
+        from openai import OpenAI
+
+        if not isinstance(model, str) or not model:
+            raise ValueError("OpenAIChat needs a model name")
+        super().__init__(RetryPolicy(timeout_s=timeout_s, max_retries=max_retries, max_concurrency=max_concurrency,
+                                     backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                     max_retry_after_s=max_retry_after_s, requests_per_minute=requests_per_minute))
+        self.model = model
+        self.api_key_env = api_key_env
+        self._settings = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed, **(extra or {})}
+        api_key = os.environ.get(api_key_env)
+        self._no_key = not api_key
+        if self._no_key:
+            # Local servers (vLLM) take any key; a hosted API will answer 401,
+            # and that error names the missing variable.
+            log.info("no API key in $%s; sending a placeholder", api_key_env)
+        # The SDK's own retries are off: ours (RemoteChatBackend's) count attempts,
+        # name the final status and use backoff settings that tests can shorten.
+        self._client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=self.timeout_s, max_retries=0)
+        self.base_url = str(self._client.base_url)
+        self._sdk_fields = frozenset(inspect.signature(self._client.chat.completions.create).parameters)
+        self._where = f"{model} at {self.base_url}"
+        # The async path sends the SDK's headers (key, organisation and project
+        # when set, user agent) but not its X-Stainless telemetry, whose checks
+        # on every request cost more CPU than they are worth.
+        self._async_headers = {name: value for name, value in {**self._client.default_headers,
+                                                               **self._client.auth_headers}.items()
+                               if isinstance(value, str) and not name.lower().startswith("x-stainless")}
+        self._ssl_context: Any = None  # made once, on the first loop's first async call
+
+    @property
+    def fingerprint(self) -> str:
+        settings = {k: v for k, v in self._settings.items() if v is not None}
+        return f"openai:{self.model}@{self.base_url}|{json.dumps(settings, sort_keys=True, default=str)}"
+
+    # ------------------------------------------------------------------ request
+
+    @staticmethod
+    def _wire_message(turn: Turn) -> dict[str, Any]:
+        if turn.plain:
+            # Text-only servers and the judge's endpoints take plain strings.
+            return {"role": turn.role, "content": turn.parts[0]}
+        parts = [{"type": "text", "text": part} if isinstance(part, str)
+                 else {"type": "image_url", "image_url": {"url": image_data_uri(part)}} for part in turn.parts]
+        return {"role": turn.role, "content": parts}
+
+    def _request_fields(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        merged = {k: v for k, v in {**self._settings, **sampling}.items() if v is not None}
+        merged.pop("model", None)
+        merged.pop("messages", None)
+        extra_body = dict(merged.pop("extra_body", None) or {})
+        fields = {}
+        for name, value in merged.items():
+            if name in self._sdk_fields:
+                fields[name] = value
+            else:
+                extra_body[name] = value
+        if extra_body:
+            fields["extra_body"] = extra_body
+        return fields
+
+    def _http_request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of ``httpx2.AsyncClient.post`` for the request the SDK
+        would send: one JSON body of the SDK's fields and ``extra_body``'s (which
+        wins, as in the SDK); ``extra_headers``, ``extra_query`` and ``timeout``
+        set the request's headers, query and timeout, as they do in the SDK."""
+        wire = [self._wire_message(turn) for turn in parse_messages(messages)]
+        fields = self._request_fields(sampling)
+        request: dict[str, Any] = {}
+        for field_name, option in (("extra_headers", "headers"), ("extra_query", "params"), ("timeout", "timeout")):
+            if field_name in fields:
+                request[option] = fields.pop(field_name)
+        extra_body = fields.pop("extra_body", {})
+        body = {"model": self.model, "messages": wire, **fields, **extra_body}
+        request["content"] = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return request
+
+    # ------------------------------------------------------------------ call
+
+    def complete(self, messages: list[Message], **sampling: Any) -> str:
+        wire = [self._wire_message(turn) for turn in parse_messages(messages)]
+        fields = self._request_fields(sampling)
+
+        def send() -> tuple[str, int]:
+            raw = self._client.chat.completions.with_raw_response.create(model=self.model, messages=wire, **fields)
+            return raw.text, raw.status_code
+
+        (body, status), attempt = self._call_with_retries(send)
+        return self._reply_text(body, status, attempt)
+
+    async def acomplete(self, messages: list[Message], **sampling: Any) -> str:
+        request = self._http_request(messages, sampling)
+        clients = cast(_PooledClients, (await self._loop_state()).transport)
+
+        async def send() -> tuple[str, int]:
+            response = await clients.post(**request)
+            if not response.is_success:  # the SDK's rule: any status but 2xx is an error
+                raise _ErrorStatus(response)
+            return response.text, response.status_code
+
+        (body, status), attempt = await self._acall_with_retries(send)
+        return self._reply_text(body, status, attempt)
+
+    def _open_transport(self) -> _PooledClients:
+        import httpx2
+
+        # Loading the CA bundle takes tens of milliseconds: once per backend, not per loop.
+        if self._ssl_context is None:
+            self._ssl_context = httpx2.create_ssl_context()
+        # The SDK's client settings: its timeout for each phase, redirects followed.
+        return _PooledClients(f"{self.base_url}chat/completions", self.retry.max_concurrency,
+                              headers=self._async_headers, verify=self._ssl_context,
+                              timeout=httpx2.Timeout(self.timeout_s), follow_redirects=True)
+
+    def _failure(self, exc: Exception) -> AttemptFailure | None:
+        import httpx2
+        import openai
+
+        if isinstance(exc, (openai.APIStatusError, _ErrorStatus)):
+            status = exc.status_code
+            hint = f"; no API key was found in ${self.api_key_env}" if status == 401 and self._no_key else ""
+            return AttemptFailure.http(status, _error_detail(exc), retry_after_seconds(exc.response.headers), hint)
+        if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+            return AttemptFailure.timeout(self.timeout_s)
+        if isinstance(exc, openai.APIConnectionError):  # after its subclass APITimeoutError
+            return AttemptFailure.connection(exc.__cause__ or exc)
+        if isinstance(exc, httpx2.ConnectError):
+            # The async stack says only "All connection attempts failed"; the
+            # reason (refused, unreachable, unknown host) is the innermost cause.
+            cause: BaseException = exc
+            while cause.__cause__ or cause.__context__:
+                cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+            return AttemptFailure.connection(cause)
+        if isinstance(exc, httpx2.RequestError):  # what the SDK reports as APIConnectionError
+            return AttemptFailure.connection(exc)
+        return None
+
+    def _reply_text(self, body: str, status: int, attempt: int) -> str:
+        """The first choice's text, or BackendError for anything else. Malformed
+        replies are not retried: they come from a misconfigured server or model
+        (wrong URL, a proxy's page, a token budget spent on reasoning), which a
+        second request would not fix."""
+
+        def fail(what: str) -> BackendError:
+            return BackendError(f"{self._where}: {what} (HTTP {status}, {attempt_count(attempt)})",
+                                status=status, attempts=attempt)
+
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, TypeError):
+            raise fail(f"the reply is not JSON: {body[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise fail(f"the reply is not a chat completion: {body[:200]!r}")
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            error = data.get("error")
+            if error:
+                raise fail(f"the server reported an error: {str(error)[:300]}")
+            raise fail(f"the reply has no choices: {body[:200]!r}")
+        choice = choices[0]
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        content = message.get("content")
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        if not isinstance(content, str) or not content.strip():
+            refusal = message.get("refusal")
+            reason = f"finish_reason={choice.get('finish_reason')!r}" + (f", refusal: {refusal}" if refusal else "")
+            raise fail(f"the reply has no text ({reason})")
+        return content
+
+    def close(self) -> None:
+        self._client.close()
+        super().close()
