@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from harness.synthetic.render import render
-from harness.synthetic.scene import generate_scene
+from harness.synthetic.layout import generate_scene
 
 
 def scene_labels(seed: int, index: int) -> tuple[Image.Image, list[tuple[list[float], str]]]:

@@ -22,7 +22,8 @@ from harness.synthetic.dataset import (
 from harness.synthetic.oracle import OracleTools, Phrase, parse_phrase
 from harness.synthetic.questions import FAMILIES, Question
 from harness.synthetic.render import render
-from harness.synthetic.scene import Camera, Scene, generate_scene, make_object
+from harness.synthetic.layout import generate_scene
+from harness.synthetic.scene import Camera, Scene, make_object
 from harness.synthetic.validate import reference_score, run_program
 from harness.tools import ToolContext
 from harness.tools.api import IMAGE_MARKER
