@@ -27,7 +27,7 @@ from harness.synthetic.scene import Camera, Scene, make_object
 from harness.synthetic.validate import reference_score, run_program
 from harness.tools import ToolContext
 from harness.tools.api import IMAGE_MARKER
-from harness.tools.oracle import SceneOracleBackend
+from harness.synthetic.oracle_backend import SceneOracleBackend
 from toy import SMALL_SYNTHETIC_TASK
 
 CAMERA = Camera()

@@ -162,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    import harness.synthetic  # noqa: F401  (registers the oracle tool backend)
     from harness.sandbox.executor import Sandbox, SandboxPolicy
     from harness.tools import ToolContext, make_backend
     from harness.types import FileImage, Sample
@@ -182,7 +183,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_grounding_eval(args: argparse.Namespace) -> int:
     from harness.tools import make_backend
-    from harness.tools.grounding_eval import format_report, grounding_eval, report_json
+    from harness.synthetic.grounding_eval import format_report, grounding_eval, report_json
 
     options = nested(parse_key_values(args.tool_options))
     if args.device:

@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 
 from harness.synthetic import VERSION
+from harness.synthetic.layout import generate_scene
 from harness.synthetic.oracle import OracleTools
 from harness.synthetic.questions import FAMILIES, FamilyStats, SceneContext, choose_questions
 from harness.synthetic.render import Rendering, render
-from harness.synthetic.layout import generate_scene
 from harness.synthetic.validate import check
 
 DEFAULT_OPTIONS: dict[str, int] = {"seed": 0, "scenes": 120, "questions_per_scene": 4}

@@ -7,9 +7,9 @@ from typing import Any
 from harness.sandbox.runtime import ImageHandle, execute, program_namespace
 from harness.scoring.strict import score_strict
 from harness.synthetic.oracle import OracleTools
+from harness.synthetic.oracle_backend import SceneOracleBackend
 from harness.synthetic.questions import Question
 from harness.tools import ToolContext, in_process_caller
-from harness.tools.oracle import SceneOracleBackend
 
 
 def run_program(program: str, tools: OracleTools) -> dict[str, Any]:

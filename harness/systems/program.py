@@ -10,6 +10,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+# Imported for its registration: the synthetic benchmark registers its oracle
+# tool backend with TOOL_BACKENDS, and a system's ``tools`` may name it.
+import harness.synthetic  # noqa: F401
 from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
 from harness.systems.base import System
 from harness.tools import TOOL_BACKENDS, ToolBackend, ToolContext, make_backend

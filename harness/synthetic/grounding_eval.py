@@ -19,9 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from harness.synthetic.oracle import box_iou
+from harness.synthetic.oracle_backend import depth_file_for, load_scene
 from harness.tools import ToolBackend, ToolContext
 from harness.tools.api import probe_pixel
-from harness.tools.oracle import depth_file_for, load_scene
 from harness.types import Sample
 
 log = logging.getLogger(__name__)
