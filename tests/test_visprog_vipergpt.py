@@ -18,7 +18,8 @@ from harness.systems import SYSTEM_KINDS, system_class
 from harness.systems import vipergpt, visprog
 from harness.systems.program import Program
 from harness.systems.vipergpt import ImagePatch, ViperGPTSystem
-from harness.systems.visprog import STEPS, VisProgError, VisProgSystem, parse_program, run_program, safe_eval
+from harness.systems.visprog import VisProgSystem
+from harness.systems.visprog_interpreter import STEPS, VisProgError, parse_program, run_program, safe_eval
 from toy import synthetic_task
 
 PROMPTS = Path(__file__).resolve().parents[1] / "baselines" / "prompts"

@@ -268,8 +268,8 @@ import textwrap  # noqa: E402
 
 from harness.systems.llm_program import API_PLACEHOLDER, LLMProgramSystem, resolve_prompt_path  # noqa: E402
 from harness.systems.parsing import parse_reply  # noqa: E402
+from harness.systems.prelude import prelude_source, sandbox_code  # noqa: E402
 from harness.systems.program import Program  # noqa: E402
-from harness.systems.visprog import prelude_source, sandbox_code  # noqa: E402
 
 API_FILE = "<vipergpt-api>"
 _DEFINES_COMMAND = re.compile(r"^[ \t]*def[ \t]+execute_command[ \t]*\(", re.M)
