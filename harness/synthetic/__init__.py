@@ -1,10 +1,11 @@
 """An offline synthetic 3D benchmark with exact ground truth, and oracle vision tools.
 
 Procedural scenes of coloured primitives (``scene``, laid out by ``layout``)
-are ray cast with numpy (``render``); question families with exact answers and reference programs
-(``questions``, ``programs``) are checked by running each reference program
-through ground-truth tools (``oracle``, ``validate``); ``dataset`` writes and
-caches the benchmark and ``source`` serves it as a task's rows.
+are ray cast with numpy (``render``); question families with exact answers and
+reference programs (``questions``, ``programs``) are checked by running each
+reference program through ground-truth tools (``oracle``, ``validate``) as
+``choice`` picks a balanced set per scene; ``dataset`` writes and caches the
+benchmark and ``source`` serves it as a task's rows.
 
 The benchmark plugs into the layers below it rather than being imported by
 them: importing this package registers its oracle tool backend

@@ -28,7 +28,8 @@ from PIL import Image
 from harness.synthetic import VERSION
 from harness.synthetic.layout import generate_scene
 from harness.synthetic.oracle import OracleTools
-from harness.synthetic.questions import FAMILIES, FamilyStats, SceneContext, choose_questions
+from harness.synthetic.choice import FamilyStats, choose_questions
+from harness.synthetic.questions import FAMILIES, SceneContext
 from harness.synthetic.render import Rendering, render
 from harness.synthetic.validate import check
 
