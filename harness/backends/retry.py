@@ -27,6 +27,7 @@ def _retryable(status: int) -> bool:
 
 
 def attempt_count(attempts: int) -> str:
+    """"1 attempt", "3 attempts": how failures are worded by every remote backend."""
     return f"{attempts} attempt" + ("" if attempts == 1 else "s")
 
 
