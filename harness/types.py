@@ -214,6 +214,7 @@ class Prediction:
     plan: str | None = None
     program: str | None = None
     answer_pytype: str | None = None  # Python type of a program's answer, e.g. "numpy.bool_"
+    answer_typed: Any = None  # the answer with its Python types (harness.sandbox.runtime.encode_value)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     isolation: list[str] | None = None  # sandbox layers the program ran under
     stdout: str | None = None

@@ -9,6 +9,7 @@ a status: ok, no_answer, exception, tool_error, timeout, memory, killed.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -54,6 +55,7 @@ class ExecutionResult:
     status: str
     answer: Any = None
     answer_pytype: str | None = None
+    answer_typed: Any = None  # the answer with its Python types (runtime.encode_value)
     detail: str | None = None
     stdout: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -240,8 +242,16 @@ class Sandbox:
     # ------------------------------------------------------------------ programs
 
     def run(self, code: str, tools: ToolHandler | None = None, image_size: tuple[int, int] = (0, 0),
-            policy: SandboxPolicy | None = None) -> ExecutionResult:
-        """Run one program to its end; never raises for anything the program does."""
+            policy: SandboxPolicy | None = None, dialect: str = "harness",
+            files: dict[str, bytes] | None = None) -> ExecutionResult:
+        """Run one program to its end; never raises for anything the program does.
+
+        ``dialect`` is how the program sees its tools (``runtime.DIALECTS``); in the
+        ``paper`` dialect ``img_pth`` is the name of a file the program may open,
+        the first of ``files`` (name -> bytes, written into its work directory).
+        """
+        if dialect not in runtime.DIALECTS:
+            raise ValueError(f"unknown program dialect {dialect!r}; known: {', '.join(runtime.DIALECTS)}")
         tools = tools or _NoTools()
         policy = policy or self.policy
         start = time.perf_counter()
@@ -255,6 +265,8 @@ class Sandbox:
                 workdir = os.path.join(self._workroot, f"job-{job_id}")
                 request = {"op": "run", "id": job_id, "code": code, "tools": list(tools.names),
                            "image": {"width": image_size[0], "height": image_size[1]}, "workdir": workdir,
+                           "dialect": dialect, "image_path": next(iter(files), "") if files else "",
+                           "files": {name: base64.b64encode(data).decode("ascii") for name, data in (files or {}).items()},
                            "policy": {"cpu_seconds": policy.cpu_seconds, "memory_mb": policy.memory_mb,
                                       "file_mb": policy.file_mb, "open_files": policy.open_files,
                                       "output_chars": policy.output_chars}}
@@ -308,8 +320,8 @@ class Sandbox:
                 if message.get("stdout_dropped"):
                     stdout += f"\n[... {message['stdout_dropped']} more characters of output dropped]"
                 return ExecutionResult(message["status"], answer=message.get("answer"),
-                                       answer_pytype=message.get("pytype"), detail=message.get("detail"),
-                                       stdout=stdout)
+                                       answer_pytype=message.get("pytype"), answer_typed=message.get("typed"),
+                                       detail=message.get("detail"), stdout=stdout)
             else:
                 self._kill(job_id, job)
                 return ExecutionResult("killed", detail=f"the program broke the tool protocol: unexpected {str(message)[:200]}")

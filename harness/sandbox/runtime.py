@@ -15,6 +15,7 @@ Protocol: every message is a 4-byte big-endian length and a UTF-8 JSON object.
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import ctypes
 import gc
@@ -47,21 +48,128 @@ class ToolError(Exception):
 
 # ----------------------------------------------------------------------------- values and framing
 
-def to_jsonable(value, keep_nonfinite: bool = False):
+MAX_VALUE_DEPTH = 48  # deeper values are cut, never a RecursionError on either side
+MAX_VALUE_ITEMS = 20000  # elements encoded per value; the rest are cut with a note
+MAX_TEXT = 1 << 16  # characters kept of a string inside a value
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.items = MAX_VALUE_ITEMS
+
+
+def _safe_str(value) -> str:
+    try:
+        text = str(value)
+    except BaseException:  # str() of a program's object may raise anything, even digit-limit ValueErrors
+        try:
+            text = object.__repr__(value)
+        except BaseException:
+            text = "<unprintable>"
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"...[{len(text) - MAX_TEXT} more characters]"
+
+
+def _plain_int(value: int):
+    """An int as JSON can carry it: too many digits for str() (or for a reader) becomes a string."""
+    if -(1 << 63) <= value < (1 << 63):
+        return value
+    return f"<int of {value.bit_length()} bits>" if value.bit_length() > 4000 else str(value)
+
+
+def to_jsonable(value, keep_nonfinite: bool = False, _depth: int = 0, _budget: _Budget | None = None):
     """JSON-safe form of a value a program may produce (numpy scalars and arrays,
     tuples, sets). Non-finite floats become strings for strict JSON files, or
-    stay floats on the channel, whose JSON both ends read with Python."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
+    stay floats on the channel, whose JSON both ends read with Python. Values
+    too deep or too large are cut (never an error): this is for display and
+    strict scoring; :func:`encode_value` keeps the types."""
+    budget = _budget or _Budget()
+    budget.items -= 1
+    if value is None or isinstance(value, (bool, str)):
+        return value if not isinstance(value, str) or len(value) <= MAX_TEXT else _safe_str(value)
+    if isinstance(value, int):
+        return _plain_int(int(value))
     if isinstance(value, float):
         return value if keep_nonfinite or math.isfinite(value) else str(value)
+    if _depth >= MAX_VALUE_DEPTH or budget.items < 0:
+        return "<value cut: too deep or too large>"
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v, keep_nonfinite) for k, v in value.items()}
+        return {_safe_str(k): to_jsonable(v, keep_nonfinite, _depth + 1, budget) for k, v in list(value.items())[:MAX_VALUE_ITEMS]}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, keep_nonfinite) for v in value]
-    if hasattr(value, "tolist"):
-        return to_jsonable(value.tolist(), keep_nonfinite)
-    return str(value)
+        return [to_jsonable(v, keep_nonfinite, _depth + 1, budget) for v in list(value)[:MAX_VALUE_ITEMS]]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
+        try:
+            return to_jsonable(value.tolist(), keep_nonfinite, _depth + 1, budget)
+        except BaseException:
+            return _safe_str(value)
+    return _safe_str(value)
+
+
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_BUILTIN_BASES = (bool, int, float, str, bytes, complex) + _CONTAINERS
+
+
+def encode_value(value, _depth: int = 0, _budget: _Budget | None = None):
+    """A program's answer with its Python types, for scoring that depends on them
+    (the paper protocol's rules call ``int()``, ``str()``, ``isinstance(x, bool)``
+    on the original value). JSON scalars stand for themselves (str, finite float,
+    bool, null, int within 64 bits); everything else is a list whose first item
+    names the type:
+
+    ["int", hex] | ["float", "nan"|"inf"|"-inf"] | ["list"|"tuple"|"set"|"frozenset", [items]]
+    | ["dict", [[key, value], ...]] | ["np", dtype, item] | ["ndarray", dtype, shape, [items]]
+    | ["complex", re, im] | ["fraction", numerator, denominator] | ["decimal", text]
+    | ["bytes", latin-1 text] | ["sub", "module.qualname", str(value), base value]
+    | ["object", "module.qualname", str(value)] | ["cut", reason]
+
+    ``sub`` is an instance of a subclass of a built-in type (a namedtuple, an
+    int subclass): its base value and its text. Items are encoded the same
+    way. Decoded by ``harness.scoring.values``.
+    """
+    budget = _budget or _Budget()
+    budget.items -= 1
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if kind is str:
+        return value if len(value) <= MAX_TEXT else ["cut", f"a string of {len(value)} characters"]
+    if kind is int:
+        return value if -(1 << 63) <= value < (1 << 63) else ["int", hex(value)]
+    if kind is float:
+        return value if math.isfinite(value) else ["float", repr(value)]
+    if _depth >= MAX_VALUE_DEPTH:
+        return ["cut", f"nested deeper than {MAX_VALUE_DEPTH} levels"]
+    if budget.items < 0:
+        return ["cut", f"more than {MAX_VALUE_ITEMS} elements"]
+    down = _depth + 1
+    try:
+        if kind in (list, tuple, set, frozenset):
+            return [kind.__name__, [encode_value(v, down, budget) for v in list(value)[:MAX_VALUE_ITEMS]]]
+        if kind is dict:
+            return ["dict", [[encode_value(k, down, budget), encode_value(v, down, budget)]
+                             for k, v in list(value.items())[:MAX_VALUE_ITEMS]]]
+        module = getattr(kind, "__module__", "") or ""
+        name = f"{module}.{getattr(kind, '__qualname__', kind.__name__)}"
+        if module == "numpy" and kind.__name__ == "ndarray":
+            if value.size > MAX_VALUE_ITEMS:
+                return ["cut", f"an array of {value.size} elements"]
+            return ["ndarray", str(value.dtype), list(value.shape),
+                    [encode_value(v, down, budget) for v in value.reshape(-1).tolist()]]
+        if module == "numpy" and hasattr(value, "dtype") and hasattr(value, "item"):
+            return ["np", str(value.dtype), encode_value(value.item(), down, budget)]
+        if kind is complex:
+            return ["complex", encode_value(value.real), encode_value(value.imag)]
+        if name == "fractions.Fraction":
+            return ["fraction", encode_value(value.numerator), encode_value(value.denominator)]
+        if name == "decimal.Decimal":
+            return ["decimal", _safe_str(value)]
+        if kind is bytes:
+            return ["bytes", value[:MAX_TEXT].decode("latin-1")]
+        for base in _BUILTIN_BASES:
+            if isinstance(value, base):
+                return ["sub", name, _safe_str(value), encode_value(base(value), down, budget)]
+        return ["object", name, _safe_str(value)]
+    except BaseException as exc:  # a hostile __iter__, __len__ or tolist(): the value is cut, the run goes on
+        return ["cut", f"{type(exc).__name__} while encoding a {kind.__name__}"]
 
 
 def python_type_name(value) -> str:
@@ -156,6 +264,43 @@ def compile_program(code: str):
     return compile(module, PROGRAM_FILE, "exec")
 
 
+# The paper dialect's execution wrapper, as the original evaluation ran programs:
+# the body, indented line by line (lines inside multi-line strings included), is
+# the body of a function whose ``finally`` hands back ``final_answer``, so
+# ``return x`` yields ``final_answer``, not x; an exception means no answer.
+PAPER_INDENT = " " * 8
+_PAPER_WRAPPER = """\
+def __paper_program__():
+    final_answer = None
+    __paper_failure = None
+    try:
+{body}
+    except BaseException as __paper_error:
+        __paper_failure = __paper_error
+    finally:
+        if __paper_failure is not None:
+            raise __paper_failure
+        return locals().get("final_answer", None)
+"""
+
+
+_PAPER_BODY_LINE = 5  # the wrapper's line that holds the body's first line
+
+
+def compile_paper_program(code: str):
+    body = "".join(PAPER_INDENT + line if line.strip() else line for line in code.splitlines(True))
+    shift = _PAPER_BODY_LINE - 1
+    try:
+        tree = ast.parse(_PAPER_WRAPPER.format(body=body), PROGRAM_FILE, "exec")
+    except SyntaxError as exc:  # report the line as the program numbers it
+        if exc.lineno is not None and exc.lineno > shift:
+            exc.lineno -= shift
+        raise
+    for statement in tree.body[0].body[2].body:  # the try block: the program's own statements
+        ast.increment_lineno(statement, -shift)
+    return compile(tree, PROGRAM_FILE, "exec")
+
+
 class ImageHandle:
     """What a program sees as ``image``: its size, and a token the tools resolve."""
 
@@ -204,6 +349,39 @@ def program_namespace(tool_names, call, image: ImageHandle) -> dict:
     return namespace
 
 
+def paper_namespace(tool_names, call, image_path: str) -> dict:
+    """Globals of a program in the paper dialect, as the original evaluation set
+    them: ``img_pth`` (the path of the image file, a plain string), the tools with
+    the original signatures, np, math and the builtins; no ``image`` and no
+    ``ToolError``. Arguments are checked by the parent; ``depth`` returns a
+    numpy float32, standing in for the original's 0-d float32 tensor."""
+    namespace = {"__builtins__": builtins, "__name__": "__main__", "img_pth": image_path, "math": math}
+    try:
+        import numpy
+    except ImportError:
+        numpy = None
+    else:
+        namespace["np"] = numpy
+
+    def gd_detect(img_pth, prompt):
+        return call("gd_detect", (img_pth, prompt), {})
+
+    def vqa(img_pth, box=None, prompt="", fmt="xyxy", pad=0.25):
+        return call("vqa", (img_pth, box, prompt, fmt, pad), {})
+
+    def depth(img_pth, bbox):
+        value = call("depth", (img_pth, bbox), {})
+        return numpy.float32(value) if numpy is not None and isinstance(value, float) else value
+
+    for tool in (gd_detect, vqa, depth):
+        if tool.__name__ in tool_names:
+            namespace[tool.__name__] = tool
+    return namespace
+
+
+DIALECTS = ("harness", "paper")
+
+
 def _program_traceback(exc: BaseException) -> str:
     """The traceback from the program's own frames on (runtime frames dropped)."""
     if isinstance(exc, SyntaxError):
@@ -214,23 +392,29 @@ def _program_traceback(exc: BaseException) -> str:
     return "Traceback (most recent call last):\n" + "".join(lines)
 
 
-def execute(code: str, namespace: dict) -> dict:
-    """Run a program; returns status, answer, its Python type and detail."""
+def execute(code: str, namespace: dict, dialect: str = "harness") -> dict:
+    """Run a program; returns status, answer (plain and typed), its Python type and detail."""
     try:
-        compiled = compile_program(code)
-        exec(compiled, namespace)
-        answer = namespace["__program__"]()
+        if dialect == "paper":
+            exec(compile_paper_program(code), namespace)
+            answer = namespace["__paper_program__"]()
+            if answer is None:  # a program may set the answer as a global, which the original also read
+                answer = namespace.get("final_answer")
+        else:
+            exec(compile_program(code), namespace)
+            answer = namespace["__program__"]()
     except ToolError as exc:
         return {"status": "tool_error", "detail": _program_traceback(exc)}
     except MemoryError:
         return {"status": "memory", "detail": "the program ran out of memory"}
     except SystemExit as exc:
-        return {"status": "exception", "detail": f"the program called exit({exc.code!r})"}
+        return {"status": "exception", "detail": f"the program called exit({_safe_str(exc.code)})"}
     except BaseException as exc:  # anything a program raises is its outcome, not ours
         return {"status": "exception", "detail": _program_traceback(exc)}
     if answer is None:
         return {"status": "no_answer", "detail": "the program finished without setting final_answer"}
-    return {"status": "ok", "answer": to_jsonable(answer), "pytype": python_type_name(answer)}
+    return {"status": "ok", "answer": to_jsonable(answer), "typed": encode_value(answer),
+            "pytype": python_type_name(answer)}
 
 
 class CappedText(io.TextIOBase):
@@ -406,6 +590,9 @@ def run_child(job: dict, channel: socket.socket, config: dict, seccomp_filter) -
         workdir = job["workdir"]
         os.mkdir(workdir, 0o700)
         os.chdir(workdir)
+        for name, data in (job.get("files") or {}).items():  # inputs the program may open, e.g. its image
+            with open(os.path.basename(name), "wb") as handle:
+                handle.write(base64.b64decode(data))
         os.environ.clear()
         os.environ.update(config["env"])
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
@@ -432,8 +619,12 @@ def run_child(job: dict, channel: socket.socket, config: dict, seccomp_filter) -
                 raise ToolError(f"{name}: {reply['error']}")
             return reply.get("result")
 
-        image = ImageHandle(job["image"]["width"], job["image"]["height"])
-        outcome = execute(job["code"], program_namespace(job["tools"], call, image))
+        dialect = job.get("dialect", "harness")
+        if dialect == "paper":
+            namespace = paper_namespace(job["tools"], call, job["image_path"])
+        else:
+            namespace = program_namespace(job["tools"], call, ImageHandle(job["image"]["width"], job["image"]["height"]))
+        outcome = execute(job["code"], namespace, dialect)
         outcome.update(op="result", stdout=stdout.getvalue(), stdout_dropped=stdout.dropped)
         send_message(channel, outcome)
     except BaseException:
