@@ -7,6 +7,7 @@ the backend with the program's context (its image, and its sample).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,37 @@ class ToolBackend:
     def vqa(self, context: ToolContext, box: list[float] | None, question: str) -> str:
         raise NotImplementedError
 
+    def detect_caption(self, context: ToolContext, caption: str, box_threshold: float,
+                       text_threshold: float) -> list[tuple[list[float], str]]:
+        """Detections for a GroundingDINO caption ("red-mug . chair"), as the original
+        GroundingDINO ``predict`` gave them: (normalised cx, cy, w, h, decoded phrase).
+
+        This default serves backends that are not a caption-reading detector (the
+        oracle, the dummy): each caption part is asked as a phrase, and the phrase
+        reported is the part as a BERT tokenizer decodes it ("red - mug").
+        """
+        parts = {}
+        for part in caption.lower().split("."):
+            if part.strip():
+                parts.setdefault(" ".join(part.replace("-", " ").split()), part.strip())
+        width, height = context.image_size
+        found = []
+        for detection in self.gd_detect(context, list(parts)):
+            part = parts.get(detection["label"])
+            if part is None:
+                continue
+            x1, y1, x2, y2 = detection["box"]
+            found.append(([(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height],
+                          decoded_phrase(part)))
+        return found
+
+    def ask_region(self, context: ToolContext, region: tuple[int, int, int, int] | None, text: str,
+                   question: str) -> str:
+        """The reply to ``text`` (an instruction and the question) about exactly ``region``
+        of the image (left, top, right, bottom; None: the whole image), unnormalised.
+        Backends that answer from the question alone (the oracle) read ``question``."""
+        return self.vqa(context, list(region) if region is not None else None, question)
+
     def session(self, context: ToolContext) -> "ToolSession":
         return ToolSession(self, context)
 
@@ -80,6 +112,14 @@ class ToolSession:
     def call(self, name: str, args: list, kwargs: dict) -> Any:
         checked = check_call(name, args, kwargs)
         return getattr(self.backend, checked.tool)(self.context, **checked.arguments)
+
+
+_PUNCTUATION = re.compile(r"([^\w\s])")
+
+
+def decoded_phrase(text: str) -> str:
+    """A phrase as a BERT tokenizer splits and decodes it: punctuation stands apart ("red - mug")."""
+    return " ".join(_PUNCTUATION.sub(r" \1 ", text.lower()).split())
 
 
 def in_process_caller(handler: Any):

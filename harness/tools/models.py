@@ -106,6 +106,13 @@ class ModelBackend(ToolBackend):
         return self._cached("vqa", context, [box, question], tool.fingerprint,
                             lambda: tool.answer(context.pil(), box, question))
 
+    def ask_region(self, context: ToolContext, region: tuple[int, int, int, int] | None, text: str,
+                   question: str) -> str:
+        tool = self.vqa_tool
+        image = context.pil()
+        return self._cached("vqa_region", context, [list(region) if region else None, text], tool.fingerprint,
+                            lambda: tool.ask(image.crop(region) if region else image, text))
+
     @property
     def vqa_tool(self):
         with self._lock:

@@ -129,6 +129,18 @@ class VqaTool:
     def fingerprint(self) -> str:
         return f"vqa-v{VQA_VERSION}|pad={self.pad:g}|{self.backend.fingerprint}"
 
+    def ask(self, image: Image.Image, text: str) -> str:
+        """The model's raw reply to ``text`` about ``image``, sent as they are (text first,
+        as the paper protocol's VQA did): no crop, instruction or normalisation of ours."""
+        messages = [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image", "image": image}]}]
+        try:
+            return self.backend.complete(messages)
+        except BackendError as exc:
+            raise ToolFailure(f"vqa: the model failed: {exc}") from exc
+        except Exception as exc:
+            log.exception("vqa backend %s raised", self.backend.fingerprint)
+            raise ToolFailure(f"vqa: the model failed: {type(exc).__name__}: {exc}") from exc
+
     def answer(self, image: Image.Image, box: list[float] | None, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("vqa(): question must be a non-empty string")
