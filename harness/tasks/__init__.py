@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from harness.protocol import HARNESS
 from harness.registry import UnknownNameError, read_yaml_files, unknown_name_message
 from harness.scoring.compat import COMPAT_RULES
 from harness.tasks.config import TaskConfig, TaskConfigError, parse_task_config
@@ -64,5 +65,5 @@ class TaskRegistry:
             raise ValueError("no tasks selected")
         return names
 
-    def task(self, name: str, data_dir: str | Path | None = None) -> Task:
-        return Task(self.config(name), data_dir_from_env(data_dir))
+    def task(self, name: str, data_dir: str | Path | None = None, protocol: str = HARNESS) -> Task:
+        return Task(self.config(name), data_dir_from_env(data_dir), protocol)

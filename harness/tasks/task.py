@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+from harness.protocol import HARNESS, PAPER, check_protocol
 from harness.tasks.config import TaskConfig
 from harness.tasks.formats import FORMATTERS, RowFormatError
+from harness.tasks.paper_formats import PAPER_FORMATTERS
 from harness.tasks.sources import SOURCES, RawRow, Source
 from harness.types import Sample
 
@@ -27,10 +29,21 @@ def resolve_limit(limit: float | None, size: int) -> int:
 
 
 class Task:
-    def __init__(self, config: TaskConfig, data_dir: Path | None = None) -> None:
+    """A benchmark under one protocol: ``paper`` asks each question and maps each gold
+    answer as the original evaluation did (:mod:`harness.tasks.paper_formats`, chosen
+    by the task's ``compat`` rule), ``harness`` with the task's own ``formatter``."""
+
+    def __init__(self, config: TaskConfig, data_dir: Path | None = None, protocol: str = HARNESS) -> None:
         self.config = config
         self.data_dir = data_dir
+        self.protocol = check_protocol(protocol)
         self._source: Source | None = None
+
+    @property
+    def formatter(self):
+        if self.protocol == PAPER and self.config.answers and self.config.compat in PAPER_FORMATTERS:
+            return PAPER_FORMATTERS.get(self.config.compat)
+        return FORMATTERS.get(self.config.formatter)
 
     @property
     def name(self) -> str:
@@ -46,6 +59,11 @@ class Task:
                 log.warning("task %s: expected %d samples but the dataset gives %d; the dataset may have "
                             "changed (the results record its revision)", self.name, expected, len(self))
         return self._source
+
+    def fingerprint(self) -> str:
+        """The configuration's hash, and the protocol when it changes the questions."""
+        fingerprint = self.config.fingerprint()
+        return f"{fingerprint}-{self.protocol}" if self.protocol != HARNESS else fingerprint
 
     @property
     def revision(self) -> str:
@@ -69,7 +87,7 @@ class Task:
         """Samples in dataset order; a row that cannot be read becomes a sample with ``error`` set."""
         start, stop = self._bounds()
         stop = start + resolve_limit(limit, stop - start)
-        formatter = FORMATTERS.get(self.config.formatter)
+        formatter = self.formatter
         multi_part = len(self.config.dataset.parts) > 1
         seen: set[str] = set()
         for raw in self.source.rows(start, stop):
