@@ -127,13 +127,15 @@ def _sha256(data: bytes) -> str:
 class AssetStore:
     """Finds, fetches, checks and caches the files of one pin."""
 
-    pin: UpstreamPin = VALOR
+    pin: UpstreamPin | None = None  # None: the module's VALOR pin, looked up when the store is made
     data_dir: Path | None = None
     cache_dir: Path | None = None
     timeout_s: float = 30.0
     _verified: dict[str, Path] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.pin is None:
+            self.pin = VALOR
         if self.data_dir is None and os.environ.get("HARNESS_DATA_DIR"):
             self.data_dir = Path(os.environ["HARNESS_DATA_DIR"]).expanduser()
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else _default_cache_dir()
@@ -275,22 +277,30 @@ def vqa_prompts_from_source(source: str, origin: str = SPECIALISTS_API) -> VqaPr
 
 @dataclass
 class PaperTexts:
-    """The original texts the paper protocol uses, read through one store."""
+    """The original texts the paper protocol uses, read through one store (each read once)."""
 
     store: AssetStore = field(default_factory=AssetStore)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def _once(self, key: str, read: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = read()
+        return self._memo[key]
 
     def system_prompt(self) -> str:
         """Verbatim: one line whose line breaks are the two characters backslash and n."""
-        return self.store.read_text(SYSTEM_PROMPT)
+        return self._once("system", lambda: self.store.read_text(SYSTEM_PROMPT))
 
     def judge_prompt(self) -> str:
-        return judge_prompt_from_source(self.store.read_text(METRICS), str(self.store.path(METRICS)))
+        return self._once("judge", lambda: judge_prompt_from_source(self.store.read_text(METRICS),
+                                                                    str(self.store.path(METRICS))))
 
     def vqa_prompts(self) -> VqaPrompts:
-        return vqa_prompts_from_source(self.store.read_text(SPECIALISTS_API), str(self.store.path(SPECIALISTS_API)))
+        return self._once("vqa", lambda: vqa_prompts_from_source(self.store.read_text(SPECIALISTS_API),
+                                                                 str(self.store.path(SPECIALISTS_API))))
 
     def verifier_prompt(self, path: str) -> str:
-        return self.store.read_text(path)
+        return self._once(path, lambda: self.store.read_text(path))
 
     def training_queries(self) -> list[dict[str, Any]]:
         rows = []

@@ -80,6 +80,12 @@ class _Handler(JsonHandler):
                 server.in_flight -= 1
         if reply.body is not None:
             data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        elif reply.status == 200 and self.path.endswith("/responses"):
+            data = json.dumps({"id": "resp_1", "object": "response", "status": "completed", "model": "m",
+                               "output": [{"type": "reasoning", "id": "rs_1", "summary": []},
+                                          {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                                           "content": [{"type": "output_text", "text": reply.content,
+                                                        "annotations": []}]}]}).encode()
         elif reply.status == 200:
             message = {"role": "assistant", "content": reply.content}
             if reply.refusal is not None:

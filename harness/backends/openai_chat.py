@@ -126,18 +126,28 @@ class OpenAIChat(RemoteChatBackend):
 
     ``seed`` (here or per call) is sent when set; servers that honour it
     (vLLM, OpenAI on a best-effort basis) then sample reproducibly.
+
+    ``api="responses"`` sends the same turns to OpenAI's Responses API instead
+    (``/responses``: ``input`` items of ``input_text`` and ``input_image``
+    parts; fields such as ``reasoning={"effort": "medium"}`` go in ``extra``),
+    as the paper's evaluation called GPT-5-mini; the reply is its output text.
     """
+
+    APIS = ("chat", "responses")
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 60, max_retries: int = 4, max_concurrency: int = 8,
                  temperature: float | None = 0.0, max_tokens: int | None = None,
                  extra: dict[str, Any] | None = None, *, seed: int | None = None, backoff_s: float = 1.0,
                  max_backoff_s: float = 30.0, max_retry_after_s: float = 120.0,
-                 requests_per_minute: float | None = None) -> None:
+                 requests_per_minute: float | None = None, api: str = "chat") -> None:
         from openai import OpenAI
 
         if not isinstance(model, str) or not model:
             raise ValueError("OpenAIChat needs a model name")
+        if api not in self.APIS:
+            raise ValueError(f"OpenAIChat: api must be one of {', '.join(self.APIS)}, got {api!r}")
+        self.api = api
         super().__init__(RetryPolicy(timeout_s=timeout_s, max_retries=max_retries, max_concurrency=max_concurrency,
                                      backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                                      max_retry_after_s=max_retry_after_s, requests_per_minute=requests_per_minute))
@@ -154,7 +164,8 @@ class OpenAIChat(RemoteChatBackend):
         # name the final status and use backoff settings that tests can shorten.
         self._client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=self.timeout_s, max_retries=0)
         self.base_url = str(self._client.base_url)
-        self._sdk_fields = frozenset(inspect.signature(self._client.chat.completions.create).parameters)
+        endpoint = self._client.responses if api == "responses" else self._client.chat.completions
+        self._sdk_fields = frozenset(inspect.signature(endpoint.create).parameters)
         self._where = f"{model} at {self.base_url}"
         # The async path sends the SDK's headers (key, organisation and project
         # when set, user agent) but not its X-Stainless telemetry, whose checks
@@ -167,7 +178,8 @@ class OpenAIChat(RemoteChatBackend):
     @property
     def fingerprint(self) -> str:
         settings = {k: v for k, v in self._settings.items() if v is not None}
-        return f"openai:{self.model}@{self.base_url}|{json.dumps(settings, sort_keys=True, default=str)}"
+        api = "" if self.api == "chat" else f"|api={self.api}"  # chat keys stay as they were, so caches still serve
+        return f"openai:{self.model}@{self.base_url}{api}|{json.dumps(settings, sort_keys=True, default=str)}"
 
     # ------------------------------------------------------------------ request
 
@@ -179,6 +191,20 @@ class OpenAIChat(RemoteChatBackend):
         parts = [{"type": "text", "text": part} if isinstance(part, str)
                  else {"type": "image_url", "image_url": {"url": image_data_uri(part)}} for part in turn.parts]
         return {"role": turn.role, "content": parts}
+
+    @staticmethod
+    def _input_item(turn: Turn) -> dict[str, Any]:
+        """A turn as a Responses API input item: always a list of typed parts."""
+        parts = [{"type": "input_text", "text": part} if isinstance(part, str)
+                 else {"type": "input_image", "image_url": image_data_uri(part)} for part in turn.parts]
+        return {"role": turn.role, "content": parts}
+
+    def _wire(self, messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
+        """The request's turns under the field name its API expects."""
+        turns = parse_messages(messages)
+        if self.api == "responses":
+            return "input", [self._input_item(turn) for turn in turns]
+        return "messages", [self._wire_message(turn) for turn in turns]
 
     def _request_fields(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
         merged = {k: v for k, v in {**self._settings, **sampling}.items() if v is not None}
@@ -200,25 +226,26 @@ class OpenAIChat(RemoteChatBackend):
         would send: one JSON body of the SDK's fields and ``extra_body``'s (which
         wins, as in the SDK); ``extra_headers``, ``extra_query`` and ``timeout``
         set the request's headers, query and timeout, as they do in the SDK."""
-        wire = [self._wire_message(turn) for turn in parse_messages(messages)]
+        key, wire = self._wire(messages)
         fields = self._request_fields(sampling)
         request: dict[str, Any] = {}
         for field_name, option in (("extra_headers", "headers"), ("extra_query", "params"), ("timeout", "timeout")):
             if field_name in fields:
                 request[option] = fields.pop(field_name)
         extra_body = fields.pop("extra_body", {})
-        body = {"model": self.model, "messages": wire, **fields, **extra_body}
+        body = {"model": self.model, key: wire, **fields, **extra_body}
         request["content"] = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return request
 
     # ------------------------------------------------------------------ call
 
     def complete(self, messages: list[Message], **sampling: Any) -> str:
-        wire = [self._wire_message(turn) for turn in parse_messages(messages)]
+        key, wire = self._wire(messages)
         fields = self._request_fields(sampling)
+        endpoint = self._client.responses if self.api == "responses" else self._client.chat.completions
 
         def send() -> tuple[str, int]:
-            raw = self._client.chat.completions.with_raw_response.create(model=self.model, messages=wire, **fields)
+            raw = endpoint.with_raw_response.create(model=self.model, **{key: wire}, **fields)
             return raw.text, raw.status_code
 
         (body, status), attempt = self._call_with_retries(send)
@@ -244,7 +271,8 @@ class OpenAIChat(RemoteChatBackend):
         if self._ssl_context is None:
             self._ssl_context = httpx2.create_ssl_context()
         # The SDK's client settings: its timeout for each phase, redirects followed.
-        return _PooledClients(f"{self.base_url}chat/completions", self.retry.max_concurrency,
+        path = "responses" if self.api == "responses" else "chat/completions"
+        return _PooledClients(f"{self.base_url}{path}", self.retry.max_concurrency,
                               headers=self._async_headers, verify=self._ssl_context,
                               timeout=httpx2.Timeout(self.timeout_s), follow_redirects=True)
 
@@ -287,6 +315,8 @@ class OpenAIChat(RemoteChatBackend):
             raise fail(f"the reply is not JSON: {body[:200]!r}") from None
         if not isinstance(data, dict):
             raise fail(f"the reply is not a chat completion: {body[:200]!r}")
+        if self.api == "responses":
+            return self._output_text(data, body, fail)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             error = data.get("error")
@@ -303,6 +333,23 @@ class OpenAIChat(RemoteChatBackend):
             reason = f"finish_reason={choice.get('finish_reason')!r}" + (f", refusal: {refusal}" if refusal else "")
             raise fail(f"the reply has no text ({reason})")
         return content
+
+    @staticmethod
+    def _output_text(data: dict[str, Any], body: str, fail: Any) -> str:
+        """A Responses API reply's text: its ``output_text`` parts of ``message`` items, joined
+        (what the SDK's ``output_text`` reads)."""
+        output = data.get("output")
+        if not isinstance(output, list):
+            error = data.get("error")
+            raise fail(f"the server reported an error: {str(error)[:300]}" if error
+                       else f"the reply is not a response: {body[:200]!r}")
+        text = "".join(part.get("text") or "" for item in output if isinstance(item, dict) and item.get("type") == "message"
+                       for part in item.get("content") or [] if isinstance(part, dict) and part.get("type") == "output_text")
+        if not text.strip():
+            details = data.get("incomplete_details")
+            raise fail(f"the reply has no text (status={data.get('status')!r}"
+                       + (f", {details}" if details else "") + ")")
+        return text
 
     def close(self) -> None:
         self._client.close()

@@ -44,6 +44,9 @@ class JudgeSpec:
     api_key_env: str = "OPENAI_API_KEY"
     # Some reasoning models accept only their default temperature; None leaves it unset.
     temperature: float | None = 0.0
+    # The paper protocol's judge (GQA): the original's prompt and model, through the Responses API.
+    paper_model: str = "gpt-5-mini"
+    paper_base_url: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +130,55 @@ class LLMJudge(Judge):
         return Verdict(score)
 
 
+_PAPER_ANSWER = re.compile(r"<answer>(.*?)</answer>")
+_PAPER_ANSWER_UNCLOSED = re.compile(r"<answer>(.*?)<answer>")
+
+
+def paper_verdict(reply: str) -> tuple[float, str | None]:
+    """The original judge's reading of a reply: the first ``<answer>`` (a line; a second
+    ``<answer>`` may close it), else the whole reply, through ``int()``; 1 is a match and
+    anything else, an unreadable reply included, is 0 (with a note saying so)."""
+    found = _PAPER_ANSWER.findall(reply) or _PAPER_ANSWER_UNCLOSED.findall(reply)
+    text = found[0] if found else reply
+    try:
+        return (1.0 if int(text) == 1 else 0.0), None
+    except (TypeError, ValueError):
+        return 0.0, f"unreadable verdict {reply[:120]!r} counts 0, as in the original"
+
+
+class PaperJudge(Judge):
+    """GQA's judge under the paper protocol: the original's prompt (fetched from the pinned
+    upstream file) with the question, the gold and the prediction as ``str.format`` writes
+    them, every prediction included (a failed program's is ``None``), one user turn."""
+
+    def __init__(self, name: str, prompt: str, complete: Callable[[str], str],
+                 cache: ResponseCache | None = None) -> None:
+        self.name = name
+        self.prompt = prompt
+        self._complete = complete
+        self._cache = cache
+
+    def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
+        try:
+            text = self.prompt.format(question, gold, prediction)
+        except Exception as exc:  # the original's str.format raised too, and scored 0
+            return Verdict(0.0, error=f"the prediction cannot be formatted ({type(exc).__name__}); counts 0")
+        key = cache_key("paper-judge", self.name, text)
+        if self._cache is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return Verdict(hit[0], error=hit[1], cached=True)
+        try:
+            reply = self._complete(text)
+        except Exception as exc:
+            log.warning("paper judge %s failed: %s", self.name, exc)
+            return Verdict(None, error=f"{type(exc).__name__}: {exc}")
+        score, note = paper_verdict(reply)
+        if self._cache is not None:
+            self._cache.put(key, [score, note])
+        return Verdict(score, error=note)
+
+
 def make_judge(spec: JudgeSpec, cache_dir: Path | None = None) -> Judge:
     if spec.model is None:
         return ExactMatchJudge()
@@ -136,3 +188,16 @@ def make_judge(spec: JudgeSpec, cache_dir: Path | None = None) -> Judge:
     backend = OpenAIChat(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env,
                          temperature=spec.temperature, timeout_s=JUDGE_TIMEOUT_S, max_retries=JUDGE_MAX_RETRIES)
     return LLMJudge(name, backend.complete, cache)
+
+
+def make_paper_judge(spec: JudgeSpec, data_dir: str | Path | None = None, cache_dir: Path | None = None) -> Judge:
+    """The original's GQA judge: its prompt from the pinned upstream file, ``spec.paper_model``
+    (GPT-5-mini) through the Responses API with the model's default sampling, one user turn."""
+    from harness.upstream import AssetStore, PaperTexts
+
+    prompt = PaperTexts(AssetStore(data_dir=Path(data_dir) if data_dir else None)).judge_prompt()
+    backend = OpenAIChat(spec.paper_model, base_url=spec.paper_base_url, api_key_env=spec.api_key_env,
+                         api="responses", temperature=None, timeout_s=JUDGE_TIMEOUT_S, max_retries=JUDGE_MAX_RETRIES)
+    cache = ResponseCache((cache_dir or default_cache_dir()) / "judge.sqlite")
+    name = f"paper:{spec.paper_model}@{spec.paper_base_url or 'default'}"
+    return PaperJudge(name, prompt, lambda text: backend.complete([{"role": "user", "content": text}]), cache)
