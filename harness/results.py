@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.protocol import HARNESS, HEADLINE_SCORE
 from harness.stats import MeanAccumulator, ci95
 
 SCORINGS = ("strict", "compat")
@@ -66,8 +67,9 @@ class TaskSummary:
         cluster = record.get("cluster") if self.clustered else None
         subset = self.subsets.setdefault(record.get("subset") or "", {s: MeanAccumulator() for s in SCORINGS})
         for scoring in SCORINGS:
-            self.scores[scoring].add(float(scores[scoring]), cluster)
-            subset[scoring].add(float(scores[scoring]))
+            if scores.get(scoring) is not None:  # e.g. the paper judge failed: no paper-compatible score
+                self.scores[scoring].add(float(scores[scoring]), cluster)
+                subset[scoring].add(float(scores[scoring]))
 
     def to_dict(self, metric: str = "accuracy") -> dict[str, Any]:
         out: dict[str, Any] = {"n": self.n, "n_scored": self.scored}
@@ -144,7 +146,11 @@ def build_results(run: dict[str, Any], summaries: dict[str, TaskSummary]) -> dic
         "versions": {t: configs[t].get("version") for t in summaries},
         "n-samples": n_samples,
         "higher_is_better": {t: {configs[t].get("metric", "accuracy"): True} for t in summaries},
-        "config": {k: run.get(k) for k in ("system", "label", "system_config", "tasks", "limit", "seed", "judge")},
+        "protocol": run.get("protocol", HARNESS),
+        # The score each task's headline number reads: the original's rule under the paper protocol.
+        "headline": HEADLINE_SCORE[run.get("protocol", HARNESS)],
+        "config": {k: run.get(k) for k in ("system", "label", "system_config", "tasks", "limit", "seed", "judge",
+                                           "protocol")},
         "task_hashes": hashes,
         "task_revisions": {t: task_meta.get(t, {}).get("revision") for t in summaries},
         "errors": run.get("errors", {}),

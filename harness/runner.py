@@ -18,12 +18,13 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from harness import __version__
+from harness.protocol import HARNESS
 from harness.records import RecordWriter, read_records, to_jsonable, write_records_atomically
 from harness.results import (
     RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, now_iso, samples_file, summarize_records,
     write_json_atomically,
 )
-from harness.scoring import Judge, JudgeSpec, make_judge, score_record
+from harness.scoring import JudgeSpec, Scorer, make_scorer
 from harness.systems import SystemRegistry
 from harness.systems.base import System
 from harness.tasks import Task, TaskRegistry
@@ -34,7 +35,7 @@ from harness.types import Prediction, Sample, Status
 log = logging.getLogger(__name__)
 
 # What must match for --resume to continue a run rather than mix two.
-_IDENTITY = ("system", "system_config", "tasks", "limit", "seed", "judge")
+_IDENTITY = ("system", "system_config", "tasks", "limit", "seed", "judge", "protocol")
 
 
 class RunError(RuntimeError):
@@ -55,6 +56,7 @@ class RunOptions:
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     include_paths: list[str] = field(default_factory=list)
     label: str | None = None  # names the run for the leaderboard (a variant of a system, e.g. valor-rl-n40)
+    protocol: str | None = None  # paper or harness; None: the one the system file names
 
 
 def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> dict[str, Any]:
@@ -71,6 +73,7 @@ def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> d
         "compat_meta": sample.meta.get("compat") or {},
         "prediction": to_jsonable(prediction.answer),
         "answer_pytype": prediction.answer_pytype,
+        "prediction_typed": prediction.answer_typed,
         "status": prediction.status,
         "detail": prediction.detail,
         "raw": prediction.raw,
@@ -104,6 +107,7 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
         "limit": options.limit,
         "seed": options.seed,
         "judge": options.judge.to_dict(),
+        "protocol": system.protocol,
         "log_samples": options.log_samples,
         "task_configs": {t: registry.config(t).to_dict() for t in options.tasks},
         "task_meta": {},
@@ -136,14 +140,14 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
     return run
 
 
-def _score(record: dict, compat: str | None, judge: Judge) -> dict:
+def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
     start = time.perf_counter()
-    score_record(record, compat, judge)
+    scorer.score(record, compat)
     record["timings"]["score_s"] = time.perf_counter() - start
     return record
 
 
-def _run_task(task: Task, system: System, options: RunOptions, judge: Judge) -> None:
+def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer) -> None:
     config = task.config
     writer = RecordWriter(samples_file(options.output_path, task.name), resume=options.resume)
     pending: dict[str, Sample] = {}
@@ -155,7 +159,7 @@ def _run_task(task: Task, system: System, options: RunOptions, judge: Judge) -> 
                 continue
             if sample.error:  # unusable rows are finished samples: record them and move on
                 failed = Prediction(sample.id, status=Status.DATA_ERROR, detail=sample.error)
-                writer.append(_score(build_record(sample, failed, options.log_samples), config.compat, judge))
+                writer.append(_score(build_record(sample, failed, options.log_samples), config.compat, scorer))
                 progress.update()
                 continue
             pending[sample.id] = sample
@@ -168,11 +172,11 @@ def _run_task(task: Task, system: System, options: RunOptions, judge: Judge) -> 
                 raise RunError(f"system {system.name} answered sample {prediction.sample_id!r} of task "
                                f"{task.name}, which it was not asked or already answered")
             record = build_record(sample, prediction, options.log_samples)
-            writer.append(_score(record, config.compat, judge))
+            writer.append(_score(record, config.compat, scorer))
             progress.update()
         for sample in pending.values():
             missing = Prediction(sample.id, status=Status.SYSTEM_ERROR, detail="the system returned no prediction")
-            writer.append(_score(build_record(sample, missing, options.log_samples), config.compat, judge))
+            writer.append(_score(build_record(sample, missing, options.log_samples), config.compat, scorer))
             progress.update()
     finally:
         progress.close()
@@ -200,16 +204,17 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
         if not tasks.config(name).answers:
             raise RunError(f"task {name!r} holds training questions without answers; it cannot be scored")
     random.seed(options.seed)
-    system = systems.build(options.system, options.system_args, options.seed)
+    system = systems.build(options.system, options.system_args, options.seed, options.protocol)
+    system.data_dir = data_dir_from_env(options.data_dir)
     run = _start_run(options, system, tasks)
-    judge = make_judge(options.judge)
+    scorer = make_scorer(options.judge, system.protocol, system.data_dir)
     try:
         loaded = []
         for name in options.tasks:
-            task = tasks.task(name, options.data_dir)
+            task = tasks.task(name, options.data_dir, system.protocol)
             try:
                 run["task_meta"][name] = {"size": len(task), "revision": task.revision,
-                                          "fingerprint": task.config.fingerprint()}
+                                          "fingerprint": task.fingerprint()}
                 loaded.append(task)
             except Exception as exc:  # one unavailable dataset must not stop the others
                 log.error("%s", exc)
@@ -217,7 +222,7 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
         write_json_atomically(options.output_path / RUN_FILE, run)
         system.prepare(loaded)
         for task in loaded:
-            _run_task(task, system, options, judge)
+            _run_task(task, system, options, scorer)
     finally:
         system.close()
     run["finished"] = now_iso()
@@ -231,12 +236,12 @@ def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any
     if judge_spec is not None:
         run["judge"] = judge_spec.to_dict()
         write_json_atomically(run_dir / RUN_FILE, run)
-    judge = make_judge(JudgeSpec(**run["judge"]))
+    scorer = make_scorer(JudgeSpec(**run["judge"]), run.get("protocol", HARNESS), run.get("data_dir"))
     for task in run["tasks"]:
         path = samples_file(run_dir, task)
         if path.is_file():
             compat = run["task_configs"][task].get("compat")
-            count = write_records_atomically(path, (score_record(r, compat, judge) for r in read_records(path)))
+            count = write_records_atomically(path, (scorer.score(r, compat) for r in read_records(path)))
             log.info("re-scored %d records of %s", count, task)
     return summarize_run(run_dir, run)
 

@@ -589,9 +589,9 @@ def test_compat_omni3d_compass(prediction, gold, expected):
 
 
 def test_compat_omni3d_numpy_bool_is_yes_no():
-    meta = {"raw_answer_type": "str", "answer_pytype": "numpy.bool_"}
-    assert compat_score("omni3d", True, "yes", meta) == 1.0
-    assert compat_score("omni3d", False, "no", meta) == 1.0
+    meta = {"raw_answer_type": "str"}
+    assert compat_score("omni3d", np.bool_(True), "yes", meta) == 1.0
+    assert compat_score("omni3d", np.bool_(False), "no", meta) == 1.0
 
 
 def test_compat_omni3d_unknown_answer_type():
@@ -620,7 +620,7 @@ def test_compat_countbench(prediction, gold, expected):
 
 @pytest.mark.parametrize("prediction, gold, meta, expected", [
     (True, 1, {}, 1.0), (False, 0, {}, 1.0), (True, 0, {}, 0.0),
-    (True, 1, {"answer_pytype": "numpy.bool_"}, 1.0),
+    (np.bool_(True), 1, {}, 1.0),
     ("Yes.", 1, {}, 1.0), ("true", 1, {}, 1.0), ("No, it is not", 0, {}, 1.0),
     ("It is not true", 1, {}, 1.0),   # contains "true"
     ("eyes", 1, {}, 1.0),             # contains "yes"
@@ -634,8 +634,8 @@ def test_compat_vsr(prediction, gold, meta, expected):
 
 @pytest.mark.parametrize("prediction, gold, meta, expected", [
     (True, "yes", {}, 1.0), (False, "no", {}, 1.0),
-    (True, "yes", {"answer_pytype": "numpy.bool_"}, 0.0),   # numpy bools read as "no"
-    (True, "no", {"answer_pytype": "numpy.bool_"}, 1.0),
+    (np.bool_(True), "yes", {}, 0.0),   # numpy bools read as "no"
+    (np.bool_(True), "no", {}, 1.0),
     ("Yes, it fits", "yes", {}, 1.0), ("TRUE", "yes", {}, 1.0), ("No", "no", {}, 1.0),
     ("No, the cup is left of it", "yes", {}, 0.0),
     (1, "yes", {}, 0.0), (1, "no", {}, 1.0),                 # anything else is "no"

@@ -97,8 +97,9 @@ def test_extends_cycles_and_unknown_parents_are_errors(tmp_path):
 
 @pytest.mark.parametrize("name", chat_systems())
 def test_prompt_snapshot(name):
-    """The exact request each system sends for a fixed sample; refresh deliberately with UPDATE_GOLDEN=1."""
-    system = SystemRegistry().build(name, seed=1234)
+    """The exact request each system sends for a fixed sample under the harness protocol (the paper
+    protocol's is the original's, tested in test_protocol.py); refresh deliberately with UPDATE_GOLDEN=1."""
+    system = SystemRegistry().build(name, seed=1234, protocol="harness")
     text = render(system.messages_for(golden_sample()))
     path = GOLDEN / f"{name}.txt"
     if os.environ.get("UPDATE_GOLDEN"):
@@ -112,7 +113,7 @@ def test_program_prompts_never_show_the_answer_or_the_reference_program():
     sample = golden_sample()
     sample.meta["reference_program"] = "final_answer = 0.7  # SECRET"
     for name in chat_systems():
-        system = SystemRegistry().build(name)
+        system = SystemRegistry().build(name, protocol="harness")
         text = render(system.messages_for(sample))
         assert "SECRET" not in text and "0.7" not in text, name
 
@@ -178,7 +179,7 @@ def write_system(include: Path, name: str, body: dict) -> None:
 def test_llm_program_system_end_to_end_with_scripted_replies(small_synthetic, tmp_path):
     """Generation, parsing, sandboxed execution with oracle tools, scoring and records."""
     include, samples = small_synthetic
-    system = SystemRegistry().build("llm-tools-qwen3-8b", seed=1234)
+    system = SystemRegistry().build("llm-tools-qwen3-8b", seed=1234, protocol="harness")
     replies = tmp_path / "replies.jsonl"
     with replies.open("w") as f:
         for index, sample in enumerate(samples):

@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from harness.cli.common import add_judge_args, judge_spec, parse_limit
 from harness.overrides import nested, parse_key_values
+from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
 from harness.runner import RunOptions, evaluate, find_records, rescore
 from harness.scoring import JudgeSpec
 from harness.systems import SystemRegistry
@@ -43,6 +44,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--label", metavar="NAME",
                    help="name of this run in the leaderboard: a paper row such as valor-rl-n40 (default: the system)")
     p.add_argument("--tools", metavar="BACKEND", help="tool backend for program systems (oracle, real)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="paper: the original evaluation's prompt, tool API, parsing, questions and scoring; "
+                        "harness: ours (default: the one the system file names, else harness)")
     p.add_argument("--device", help="device for the models the system loads (auto, cpu, cuda, cuda:1, ...)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
@@ -56,6 +60,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tool-options", metavar="K=V,...", help="settings of the tool backend, e.g. noise=0.2")
     p.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "process"])
     p.add_argument("--timeout", type=float, default=60.0, help="wall-clock limit in seconds")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=HARNESS,
+                   help="the tool API the program is written for: harness (`image`, det['box']) or paper "
+                        "(the original's: `img_pth`, det['bbox'])")
+    p.add_argument("--label-filter", choices=LABEL_FILTERS, default="fixed",
+                   help="paper protocol: keep only boxes whose phrase was asked (fixed) or the original's "
+                        "every-box-once-one-matches behaviour (original)")
+    p.add_argument("--data-dir", metavar="DIR", help="offline copies of the upstream files (paper protocol)")
 
     p = sub.add_parser("grounding-eval", help="measure the detector and depth tools against exact ground truth")
     p.add_argument("--tasks", default="synthetic", help="tasks whose samples carry scene ground truth")
@@ -102,7 +113,10 @@ def results_table(results: dict[str, Any]) -> str:
             _fmt(r.get(f"{metric},compat")), failed, r["parse_counts"].get("unparsable", 0),
         ])
     headers = ["task", "n", "strict", "95% CI", "paper-compat", "failed", "unparsable"]
-    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    protocol = results.get("protocol", HARNESS)
+    headline = "paper-compat" if results.get("headline") == "compat" else "strict"
+    table = f"protocol: {protocol} (headline score: {headline})\n" + tabulate(
+        rows, headers=headers, tablefmt="github", disable_numparse=True)
     notes = [f"{task}: open answers scored by normalised exact match (no --judge given)"
              for task, r in results["results"].items() if "exact_match" in r.get("judges", {})]
     return "\n".join([table, *notes])
@@ -150,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
         log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
-        label=args.label,
+        label=args.label, protocol=args.protocol,
     )
     systems.config(options.system)  # fail on an unknown system before any data is read
     results = evaluate(options, tasks, systems)
@@ -164,8 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     import harness.synthetic  # noqa: F401  (registers the oracle tool backend)
     from harness.sandbox.executor import Sandbox, SandboxPolicy
-    from harness.tools import ToolContext, make_backend
+    from harness.tasks.sources import data_dir_from_env
+    from harness.tools import ToolBackend, ToolContext, make_backend
+    from harness.tools.paper_api import paper_program_inputs
     from harness.types import FileImage, Sample
+    from harness.upstream import AssetStore, PaperTexts
 
     code = args.program.read_text(encoding="utf-8")
     image = FileImage(str(args.image))
@@ -174,7 +191,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     context = ToolContext(image, image.size(), sample, key=args.program.stem)
     backend = None if args.tools == "none" else make_backend(args.tools, **nested(parse_key_values(args.tool_options)))
     with Sandbox(SandboxPolicy(wall_seconds=args.timeout), args.isolation) as sandbox:
-        result = sandbox.run(code, backend.session(context) if backend else None, context.image_size)
+        if args.protocol == PAPER:
+            texts = PaperTexts(AssetStore(data_dir=data_dir_from_env(args.data_dir)))
+            tools, files = paper_program_inputs(backend or ToolBackend(), context, texts, args.label_filter)
+            result = sandbox.run(code, tools if backend else None, context.image_size, dialect="paper", files=files)
+        else:
+            result = sandbox.run(code, backend.session(context) if backend else None, context.image_size)
     if backend is not None:
         backend.close()
     print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))

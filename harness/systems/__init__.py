@@ -128,9 +128,17 @@ class SystemRegistry:
             target[leaf] = value
         return params
 
-    def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0) -> System:
+    def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0,
+              protocol: str | None = None) -> System:
+        """The system, following ``protocol`` (default: the one its file names, else ``harness``)."""
         config = self.config(name)
-        system = system_class(config.kind)(name, self.resolved_params(name, overrides), seed)
+        params = self.resolved_params(name, overrides)
+        if protocol is not None:
+            params["protocol"] = protocol
+        try:
+            system = system_class(config.kind)(name, params, seed)
+        except ValueError as exc:
+            raise SystemConfigError(f"{config.source_file}: {exc}") from exc
         system.source_dir = Path(config.source_file).parent if config.source_file else None
         return system
 

@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from harness.protocol import HARNESS, PROTOCOLS, check_protocol
 from harness.types import ImageError, Prediction, Sample, Status
 
 
@@ -20,11 +21,17 @@ class System:
 
     kind = "system"
     source_dir: Path | None = None  # the folder of the system file (relative paths in params start there)
+    data_dir: Path | None = None  # the run's --data-dir (offline copies of datasets and upstream files)
+    protocols: tuple[str, ...] = PROTOCOLS  # the protocols this kind can follow
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         self.name = name
         self.params = params
         self.seed = seed
+        self.protocol = check_protocol(params.get("protocol", HARNESS), f"system {name}: params.protocol")
+        if self.protocol not in self.protocols:
+            raise ValueError(f"system {name} ({self.kind}) follows only the {' or '.join(self.protocols)} "
+                             f"protocol, not {self.protocol!r}")
 
     def prepare(self, tasks: Sequence[Any]) -> None:
         """Check inputs against the selected tasks before anything runs."""

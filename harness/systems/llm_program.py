@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import BackendError
+from harness.protocol import PAPER
 from harness.systems.chat import ChatSystemMixin
-from harness.systems.parsing import parse_reply
+from harness.systems.parsing import paper_reply_text, parse_reply, parse_reply_paper
 from harness.systems.program import Program, ProgramSystem
 from harness.tools.api import describe_api
 from harness.types import Prediction, Sample, Status
@@ -44,9 +45,17 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
     API's documentation), ``prompt_layout`` (``user``: the prompt and the
     question in one user turn, as the paper's evaluation did; ``system``: the
     prompt as the system message, as its training did), ``question_template``.
+
+    Under the ``paper`` protocol (for this kind, not for VisProg or ViperGPT,
+    which keep their own prompts and APIs) the request is the original's, byte for byte:
+    one user turn holding the original prompt file verbatim, a newline and
+    ``Question: <question>`` (``prompt``, ``prompt_layout`` and
+    ``question_template`` do not apply); the reply loses every ``exit()`` and is
+    read with the original's rules (:func:`parse_reply_paper`).
     """
 
     kind = "llm_program"
+    original_dialect = True
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
@@ -60,6 +69,8 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
 
     @property
     def prompt(self) -> str:
+        if self.dialect == PAPER:
+            return self.paper_texts.system_prompt()
         if self._prompt is None:
             path = resolve_prompt_path(self.params.get("prompt", "prompts/program_writer.md"), self.source_dir)
             if not path.is_file():
@@ -70,6 +81,8 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
 
     def messages_for(self, sample: Sample) -> list[dict[str, Any]]:
         """The request sent for a sample: text only (the model never sees the image or the answer)."""
+        if self.dialect == PAPER:
+            return [{"role": "user", "content": f"{self.prompt}\nQuestion: {sample.question}"}]
         question = self.question_template.replace("{question}", sample.question)
         if self.layout == "system":
             return [{"role": "system", "content": self.prompt}, {"role": "user", "content": question}]
@@ -77,7 +90,7 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
 
     def program_from_reply(self, reply: str) -> Program | str:
         """The program to run for a reply, or a format error message."""
-        parsed = parse_reply(reply)
+        parsed = parse_reply_paper(paper_reply_text(reply)) if self.dialect == PAPER else parse_reply(reply)
         if not parsed.ok:
             return "; ".join(parsed.notes)
         return Program(parsed.code, plan=parsed.plan, raw=reply)

@@ -76,3 +76,51 @@ def parse_reply(text: str) -> ParsedReply:
     if not code:
         notes.append("no program: neither <answer> tags nor a fenced code block")
     return ParsedReply(plan.strip() if plan else None, code or None, notes)
+
+
+# ----------------------------------------------------------------------------- the paper protocol
+
+_PAPER_PLAN = re.compile(r"<plan>(.*?)</plan>", re.S | re.I)
+_PAPER_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+# An opening fence is three backticks and the rest of its line; the block ends at the next
+# three backticks, a newline just before them not included.
+_PAPER_FENCE = re.compile(r"```[^\n]*\n(.*?)\n?```", re.S)
+# A program that is one whole fenced block (opening line: a language name at most).
+_PAPER_WHOLE_FENCE = re.compile(r"\s*```[A-Za-z0-9_+-]*\s*\n(.*?)\n\s*```\s*", re.S)
+
+
+def paper_reply_text(reply: str) -> str:
+    """The reply as the original evaluation read it: every ``exit()`` removed."""
+    return reply.replace("exit()", "")
+
+
+def parse_reply_paper(text: str) -> ParsedReply:
+    """Plan and program as the original evaluation read them (``text`` already through
+    :func:`paper_reply_text`): the plan only when there is exactly one ``<plan>``
+    block; the program from exactly one ``<answer>`` block, else exactly one fenced
+    block, else the whole reply; a program that is one fenced block loses its fences.
+    An empty program is a format error here (the original ran it and got no answer)."""
+    notes: list[str] = []
+    plans = _PAPER_PLAN.findall(text)
+    answers = _PAPER_ANSWER.findall(text)
+    fences = _PAPER_FENCE.findall(text)
+    plan = plans[0].strip() if len(plans) == 1 else ""
+    if len(plans) != 1:
+        notes.append(f"{len(plans)} <plan> blocks: no plan")
+    if len(answers) == 1:
+        raw = answers[0]
+    elif len(fences) == 1:
+        raw = fences[0]
+        notes.append(f"{len(answers)} <answer> blocks; the one fenced block is the program")
+    else:
+        raw = ""
+    if raw:
+        raw = raw.strip()
+        whole = _PAPER_WHOLE_FENCE.fullmatch(raw)
+        code = (whole.group(1) if whole else raw).strip()
+    else:
+        code = text.strip()
+        notes.append("no single <answer> block or fenced block: the whole reply is the program")
+    if not code:
+        notes.append("no program: the reply is empty")
+    return ParsedReply(plan or None, code or None, notes)

@@ -13,10 +13,13 @@ from typing import Any, Iterable, Iterator
 # Imported for its registration: the synthetic benchmark registers its oracle
 # tool backend with TOOL_BACKENDS, and a system's ``tools`` may name it.
 import harness.synthetic  # noqa: F401
+from harness.protocol import HARNESS, LABEL_FILTERS, PAPER
 from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
 from harness.systems.base import System
 from harness.tools import TOOL_BACKENDS, ToolBackend, ToolContext, make_backend
+from harness.tools.paper_api import paper_program_inputs
 from harness.types import Prediction, Sample, Status
+from harness.upstream import AssetStore, PaperTexts
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,9 @@ def prediction_from_execution(sample: Sample, program: Program, result: Executio
     return Prediction(
         sample.id, answer=result.answer, status=result.status, raw=program.raw, detail=result.detail,
         plan=program.plan, program=program.source or program.code, answer_pytype=result.answer_pytype,
-        tool_calls=result.tool_calls, isolation=result.isolation, stdout=result.stdout,
-        timings={"execute_s": result.seconds}, extra={"prompt": program.prompt} if program.prompt else {},
+        answer_typed=result.answer_typed, tool_calls=result.tool_calls, isolation=result.isolation,
+        stdout=result.stdout, timings={"execute_s": result.seconds},
+        extra={"prompt": program.prompt} if program.prompt else {},
     )
 
 
@@ -50,9 +54,16 @@ class ProgramSystem(System):
     (programs in flight), ``generation_batch`` (samples whose programs are
     written together, e.g. one vLLM call), ``isolation`` (auto, bwrap, unshare,
     process) and ``limits`` (fields of :class:`SandboxPolicy`, e.g. ``wall_seconds``).
+    Under the ``paper`` protocol programs see the original tool API
+    (:mod:`harness.tools.paper_api`); ``label_filter`` (fixed, original) chooses
+    whether ``gd_detect`` keeps the original's filter bug.
     """
 
     kind = "program"
+    # Whether this kind's programs are written for the original VALOR tool API when the run
+    # follows the paper protocol (the LLM program writers); VisProg, ViperGPT and the
+    # reference programs keep their own API under either protocol.
+    original_dialect = False
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
@@ -63,6 +74,11 @@ class ProgramSystem(System):
         self._backend: ToolBackend | None = None
         self._sandbox: Sandbox | None = None
         self._setup = threading.Lock()
+        self.label_filter = params.get("label_filter", "fixed")
+        if self.label_filter not in LABEL_FILTERS:
+            raise ValueError(f"system {name}: label_filter must be one of {', '.join(LABEL_FILTERS)}, "
+                             f"got {self.label_filter!r}")
+        self._paper_texts: PaperTexts | None = None
 
     @property
     def backend(self) -> ToolBackend:
@@ -104,8 +120,25 @@ class ProgramSystem(System):
             return Prediction(sample.id, status=Status.IMAGE_ERROR, detail=f"sample {sample.id} has no image",
                               plan=program.plan, program=program.source or program.code, raw=program.raw)
         context = ToolContext(sample.image, sample.image.size(), sample, key=f"{sample.task}/{sample.id}")
-        result = self.sandbox.run(program.code, self.backend.session(context), context.image_size)
+        if self.dialect == PAPER:
+            tools, files = paper_program_inputs(self.backend, context, self.paper_texts, self.label_filter)
+            result = self.sandbox.run(program.code, tools, context.image_size, dialect="paper", files=files)
+        else:
+            result = self.sandbox.run(program.code, self.backend.session(context), context.image_size)
         return prediction_from_execution(sample, program, result)
+
+    @property
+    def dialect(self) -> str:
+        """The tool API programs are run with: ``paper`` (the original's) or ``harness``."""
+        return PAPER if self.protocol == PAPER and self.original_dialect else HARNESS
+
+    @property
+    def paper_texts(self) -> PaperTexts:
+        """The original's texts (prompts), fetched from the pinned upstream files on first use."""
+        with self._setup:
+            if self._paper_texts is None:
+                self._paper_texts = PaperTexts(AssetStore(data_dir=self.data_dir))
+            return self._paper_texts
 
     def predict_one(self, sample: Sample) -> Prediction:
         program = self.write_programs([sample])[0]
@@ -136,6 +169,7 @@ class ProgramSystem(System):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["isolation"] = self.sandbox.isolation
+        info["dialect"] = self.dialect
         return info
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from harness.protocol import HARNESS, PAPER
 from harness.records import read_records
 from harness.results import RUN_FILE, samples_file
 from harness.systems import SystemConfigError
@@ -73,7 +74,14 @@ class ReplaySystem(ProgramSystem):
         if self.program_kind in NO_PROGRAMS:
             raise SystemConfigError(f"system {name}: the run {self.run_dir} was made by {self.replayed_system} "
                                     f"({self.program_kind}), which writes no programs")
+        # The programs were written for the earlier run's tool API: replayed under its protocol.
+        earlier_protocol = earlier.get("protocol", HARNESS)
+        if params.get("protocol", earlier_protocol) != earlier_protocol:
+            raise SystemConfigError(f"system {name}: the programs of {self.run_dir} were run under the "
+                                    f"{earlier_protocol} protocol; replay them under it (not {params['protocol']})")
+        self.original_dialect = config.get("dialect") == PAPER
         merged = {key: value for key, value in params.items() if key not in EXECUTION_KEYS}
+        merged["protocol"] = earlier_protocol
         for key in EXECUTION_KEYS:
             value = without_nulls(inherit((config.get("params") or {}).get(key), params.get(key)))
             if value is not None:

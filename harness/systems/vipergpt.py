@@ -327,6 +327,7 @@ class ViperGPTSystem(LLMProgramSystem):
     """
 
     kind = "vipergpt"
+    original_dialect = False  # its own ImagePatch API over our tool API, under either protocol
     default_prompt = "prompts/vipergpt.md"
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:

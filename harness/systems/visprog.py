@@ -49,6 +49,7 @@ class VisProgSystem(LLMProgramSystem):
     """
 
     kind = "visprog"
+    original_dialect = False  # its own step language over our tool API, under either protocol
     default_prompt = "prompts/visprog.md"
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
