@@ -142,7 +142,14 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
 
 def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
     start = time.perf_counter()
-    scorer.score(record, compat)
+    try:
+        scorer.score(record, compat)
+    except Exception as exc:  # a bug in scoring costs this sample its score, never the run its records
+        log.exception("scoring %s/%s failed", record["task"], record["id"])
+        record.update(status=Status.SCORING_ERROR, scores={"strict": None, "compat": None}, parse=None,
+                      extracted=None, judge=None,
+                      detail=f"scoring failed: {type(exc).__name__}: {exc}" + (
+                          f" (the prediction's status was {record['status']})" if record["status"] != Status.OK else ""))
     record["timings"]["score_s"] = time.perf_counter() - start
     return record
 

@@ -32,10 +32,11 @@ class Status:
     IMAGE_ERROR = "image_error"
     DATA_ERROR = "data_error"  # the dataset row could not be turned into a sample
     SYSTEM_ERROR = "system_error"  # an unexpected error inside the system itself
+    SCORING_ERROR = "scoring_error"  # the harness failed to score the prediction (a bug: the detail says where)
 
     ALL = (
         OK, NO_ANSWER, EXCEPTION, TIMEOUT, MEMORY, KILLED, TOOL_ERROR, FORMAT_ERROR,
-        API_ERROR, MISSING, IMAGE_ERROR, DATA_ERROR, SYSTEM_ERROR,
+        API_ERROR, MISSING, IMAGE_ERROR, DATA_ERROR, SYSTEM_ERROR, SCORING_ERROR,
     )
 
 

@@ -363,7 +363,7 @@ def test_strict_multiple_choice_needs_choices():
 @pytest.mark.parametrize("prediction, gold, score", [
     ("chair", "chair", 1.0),
     ("The chair.", "chair", 1.0),
-    ("Chairs", "chair", 0.0),
+    ("Chairs", "chair", 1.0),     # singular and plural name the same thing
     ("armchair", "chair", 0.0),   # no substring leniency
     ("north", "N", 1.0),          # compass words equal their letter
     ("N.", "N", 1.0),
@@ -902,3 +902,92 @@ def test_response_cache_roundtrip(tmp_path):
     reopened = ResponseCache(path)
     assert reopened.get("k") == {"text": "replaced"} and len(reopened) == 2
     reopened.close()
+
+
+# --------------------------------------------------------------------------- strict rules a careful reader would dispute
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("it is not true", False), ("It isn't true.", False), ("not false", True), ("Yes, it is not on the left", True),
+    ("true", True), ("no", False), ("maybe", None), ("It is true and it is not true", None),
+    ("1", True), ("0", False), (1, True), (0, False), (2, None), ("2", None),  # "1" and 1 read alike
+])
+def test_yes_no_reads_negations_and_digits_alike(prediction, expected):
+    assert parse_yes_no(prediction) == expected
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("3, not 5", 3.0), ("not 5 but 3", 3.0), ("The answer is 3, or perhaps 4", 3.0), ("answer: 7. I counted 9", 7.0),
+    ("I count 2 red and 3 blue, so 5", 5.0), ("1,500", 1500.0), ("about 1,500 people", 1500.0),
+    ("1,5", None), ("it is 1,5 metres", None), ("not 4", None), ("12,34,567", None),
+    (10 ** 400, None), ("1e999", None), (float("nan"), None),
+])
+def test_numbers_read_the_stated_answer_and_refuse_ambiguous_commas(prediction, expected):
+    assert parse_number(prediction) == expected
+
+
+def test_booleans_answer_yes_no_options():
+    assert parse_choice(True, ["yes", "no"]) == 0 and parse_choice(False, ["Yes", "No"]) == 1
+    assert parse_choice(np.bool_(True), ["no", "yes"]) == 1
+    assert parse_choice(True, ["left", "right"]) is None
+    assert score_strict(AnswerType.MULTIPLE_CHOICE, False, "no", ["yes", "no"]).score == 1.0
+
+
+@pytest.mark.parametrize("prediction, gold, score", [
+    ("cups", "cup", 1.0), ("two boxes", "two box", 1.0), ("children", "child", 1.0), ("bus", "bus", 1.0),
+    ("glasses", "glass", 1.0), ("batteries", "battery", 1.0), ("cup", "cap", 0.0),
+])
+def test_word_answers_agree_in_singular_and_plural(prediction, gold, score):
+    assert score_strict(AnswerType.WORD, prediction, gold).score == score
+
+
+def deep(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value, 1]
+    return value
+
+
+@pytest.mark.parametrize("prediction", [
+    10 ** 400, pytest.param(-(10 ** 5000), id="huge-int"), float("inf"), float("nan"),
+    pytest.param(deep(5000), id="deep-list"), [[[[[[[[[[3]]]]]]]]]], pytest.param({"a": deep(3000)}, id="deep-dict"),
+    np.array([1, 2]), np.array([[True]]), pytest.param("x" * 1_000_000, id="long-text"), b"bytes", object(),
+    {1, 2}, (1,), "", "   ",
+], ids=str)
+@pytest.mark.parametrize("answer_type, gold, choices", [
+    (AnswerType.YESNO, "yes", None), (AnswerType.INTEGER, 3, None), (AnswerType.FLOAT, 2.5, None),
+    (AnswerType.MULTIPLE_CHOICE, "b", ["a", "b"]), (AnswerType.WORD, "cup", None), (AnswerType.WORD, "3", None),
+])
+def test_strict_scoring_never_raises(prediction, answer_type, gold, choices):
+    result = score_strict(answer_type, prediction, gold, choices)
+    assert result.score in (0.0, 1.0) or 0.0 <= result.score <= 1.0
+
+
+def test_a_scoring_failure_is_that_samples_status_and_the_run_goes_on(tmp_path, monkeypatch):
+    import json
+
+    import harness.scoring as scoring
+    from harness.cli import main
+    from toy import write_system, write_toy_task
+
+    include, data = write_toy_task(tmp_path, n=6)
+    write_system(include, "echo-gold", "harness.systems.predictions:PredictionsSystem")
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps({"id": str(i), "task": "toy_counting", "prediction": i % 5}) + "\n"
+                                   for i in range(6)))
+    real = scoring.score_strict
+
+    def flaky(answer_type, prediction, gold, choices=None):
+        if prediction == 3:
+            raise RuntimeError("a bug")
+        return real(answer_type, prediction, gold, choices)
+
+    monkeypatch.setattr(scoring, "score_strict", flaky)
+    out = tmp_path / "run"
+    main(["run", "--system", "predictions", "--tasks", "toy_counting", "--predictions", str(predictions),
+          "--include-path", str(include), "--data-dir", str(data), "--output-path", str(out)])
+    records = [json.loads(line) for line in (out / "samples_toy_counting.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    failed = [r for r in records if r["status"] == "scoring_error"]
+    assert [r["id"] for r in failed] == ["3"] and "RuntimeError: a bug" in failed[0]["detail"]
+    assert all(r["scores"]["strict"] == 1.0 for r in records if r["id"] != "3")
+    assert json.loads((out / "results.json").read_text())["results"]["toy_counting"]["status_counts"]["scoring_error"] == 1

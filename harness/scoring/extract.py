@@ -21,8 +21,13 @@ _UNITS = {
 _MULTIPLIERS = {"dozen": 12, "hundred": 100, "thousand": 1000}
 _TOKEN = re.compile(r"[a-z]+")
 # A number not glued to a preceding letter or digit, so "B2" and "x10" are not read
-# as numbers, and "10" is never read as "1".
-_NUMERAL = re.compile(r"(?<![A-Za-z0-9.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# as numbers, and "10" is never read as "1". Digits joined by commas are read whole:
+# thousands ("1,500") are a number, anything else ("1,5": 1.5 or "1 and 5"?) is ambiguous.
+_NUMERAL = re.compile(r"(?<![A-Za-z0-9.])[-+]?\d+(?:,\d+)*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![0-9])")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_NEGATED_BEFORE = re.compile(r"(?:\bnot|\bnever|n't)\s+(?:exactly\s+|quite\s+)?$")
+# "answer is 3", "answer: 3", "so the answer would be three": the stated answer wins.
+_STATED = re.compile(r"\banswer\b(?:\s+(?:is|would\s+be|should\s+be|=))?\s*[:=]?\s*$")
 
 _YES = {"yes", "true", "yeah"}
 _NO = {"no", "false"}
@@ -31,9 +36,14 @@ _ARTICLES = {"a", "an", "the"}
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
 
+_MAX_TEXT = 10_000  # characters of a prediction read as text; a longer one is cut, never an error
+
+
 def unwrap(value: Any) -> Any:
     """Single-element containers and numpy scalars become plain Python values."""
-    while isinstance(value, (list, tuple)) and len(value) == 1:
+    for _ in range(64):  # a nesting deeper than this is not an answer
+        if not (isinstance(value, (list, tuple)) and len(value) == 1):
+            break
         value = value[0]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
         try:
@@ -43,6 +53,15 @@ def unwrap(value: Any) -> Any:
     return value
 
 
+def as_text(value: Any) -> str:
+    """``str(value)`` that never raises (deep nesting, integers past the digit limit) and stays short."""
+    try:
+        text = str(value)
+    except (ValueError, RecursionError, TypeError):
+        text = f"<{type(value).__name__}>"
+    return text[:_MAX_TEXT]
+
+
 def is_empty(value: Any) -> bool:
     value = unwrap(value)
     return value is None or (isinstance(value, str) and not value.strip())
@@ -50,32 +69,82 @@ def is_empty(value: Any) -> bool:
 
 def normalize_text(text: str) -> str:
     """Lower case, punctuation to spaces, articles dropped, whitespace collapsed."""
-    words = str(text).lower().translate(_PUNCT).split()
+    words = as_text(text).lower().translate(_PUNCT).split()
     return " ".join(w for w in words if w not in _ARTICLES)
 
 
+_IRREGULAR_PLURALS = {
+    "people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
+    "mice": "mouse", "geese": "goose", "knives": "knife", "leaves": "leaf", "shelves": "shelf", "wolves": "wolf",
+    "halves": "half", "loaves": "loaf", "lives": "life", "wives": "wife", "oxen": "ox", "dice": "die",
+}
+_SINGULAR_ENDINGS = ("ss", "us", "is", "ous")  # glass, bus, axis, famous: not plurals
+
+
+def singular(word: str) -> str:
+    """A plural English noun's singular, by the regular rules and the common irregulars."""
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(_SINGULAR_ENDINGS):
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "zes", "sses", "oes")):
+        return word[:-2]
+    return word[:-1]
+
+
+def word_key(text: str) -> str:
+    """Normalised text with every word in the singular: "Two cups" and "two cup" agree."""
+    return " ".join(singular(word) for word in normalize_text(text).split())
+
+
+_NEGATORS = {"not", "never", "isn't", "aren't", "wasn't", "weren't", "doesn't", "don't", "didn't", "cannot",
+             "can't", "isnt", "arent", "doesnt", "dont"}
+_CLAUSE_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|[,.;:!?]")
+
+
+def _yes_no_words(text: str) -> list[bool]:
+    """The yes/no words of a text, each flipped when a negation stands before it in its clause
+    ("it is not true" -> no, "not false" -> yes)."""
+    found, negated = [], False
+    for token in _CLAUSE_WORD.findall(text.lower()):
+        if token in ",.;:!?":
+            negated = False
+        elif token in _NEGATORS:
+            negated = not negated
+        elif token in _YES or token in _NO:
+            found.append((token in _YES) != negated)
+            negated = False
+    return found
+
+
 def parse_yes_no(value: Any) -> bool | None:
-    """Yes/no from a bool, a 0/1 number or text.
+    """Yes/no from a bool, a 0/1 number (or the text "0"/"1") or text.
 
     Text that starts with a yes/no word is read from that word ("No, the cup is
-    left of it"); otherwise exactly one kind of yes/no word must occur, so text
-    mentioning both is unparsable rather than guessed.
+    left of it"); otherwise every yes/no word, negations read ("it is not
+    true" is no), must agree, so text mentioning both is unparsable rather than
+    guessed.
     """
     value = unwrap(value)
     if isinstance(value, bool):
         return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return bool(value) if value in (0, 1) else None
     if not isinstance(value, str):
         return None
-    words = _WORD.findall(value.lower())
+    text = value.strip()[:_MAX_TEXT]
+    if text in ("0", "1"):
+        return text == "1"
+    words = _WORD.findall(text.lower())
     if not words:
         return None
     if words[0] in _YES:
         return True
     if words[0] in _NO:
         return False
-    kinds = {True for w in words if w in _YES} | {False for w in words if w in _NO}
+    kinds = set(_yes_no_words(text))
     return kinds.pop() if len(kinds) == 1 else None
 
 
@@ -116,36 +185,68 @@ def _words_to_number(text: str) -> list[tuple[int, float]]:
     return found
 
 
-def numbers_in(text: str) -> list[float]:
-    """Every number in the text, digits or words, in reading order."""
+def _numeral_value(token: str) -> float | None:
+    """A numeral's value; None when its commas are not thousands separators, or it overflows."""
+    if "," in token and not _THOUSANDS.fullmatch(token):
+        return None
+    try:
+        number = float(token.replace(",", ""))
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _mentions(text: str) -> list[tuple[int, float | None]]:
+    """(position, value) of every number in the text, digits or words; None for an ambiguous one."""
     lowered = text.lower()
-    found = [(m.start(), float(m.group().replace(",", ""))) for m in _NUMERAL.finditer(lowered)]
+    found = [(m.start(), _numeral_value(m.group())) for m in _NUMERAL.finditer(lowered)]
     found += _words_to_number(lowered)
-    return [v for _, v in sorted(found)]
+    return sorted(found, key=lambda item: item[0])
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every unambiguous number in the text, digits or words, in reading order."""
+    return [value for _, value in _mentions(text) if value is not None]
 
 
 def parse_number(value: Any) -> float | None:
     """A number from a numeric value or text.
 
-    Text that is itself a number ("3", "2.5e-1", "three") is read whole; text that
-    mentions numbers is read as its last one ("I count 2 red and 3 blue, so 5"),
-    the usual place for a final answer. Booleans are not numbers.
+    Text that is itself a number ("3", "2.5e-1", "1,500", "three") is read
+    whole. In text that mentions numbers, a stated answer wins ("the answer is 3,
+    or maybe 4"), a negated number never counts ("3, not 5"), and otherwise the
+    last number is read ("I count 2 red and 3 blue, so 5"), the usual place for
+    a final answer. Digits joined by a comma that is not a thousands separator
+    ("1,5") are ambiguous: text holding one is unparsable. Booleans are not
+    numbers; values too large for a float are unparsable.
     """
     value = unwrap(value)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     if not isinstance(value, str):
         return None
-    text = value.strip()
+    text = value.strip()[:_MAX_TEXT]
+    if _NUMERAL.fullmatch(text):
+        return _numeral_value(text)
     try:
-        number = float(text.replace(",", ""))
+        number = float(text)
         return number if math.isfinite(number) else None
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
-    found = numbers_in(text)
-    return found[-1] if found else None
+    mentions = _mentions(text)
+    if any(number is None for _, number in mentions):
+        return None
+    stated = [number for start, number in mentions if _STATED.search(text[:start].lower())]
+    if stated:
+        return stated[0]
+    kept = [number for start, number in mentions if not _NEGATED_BEFORE.search(text[:start].lower())]
+    return kept[-1] if kept else None
 
 
 _LETTER_ALONE = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
@@ -168,15 +269,24 @@ def parse_choice(value: Any, choices: Sequence[str]) -> int | None:
     words occur in the prediction.
     """
     value = unwrap(value)
-    if value is None or isinstance(value, bool):
+    if value is None:
         return None
     letters = [chr(ord("A") + i) for i in range(len(choices))]
     normalized_choices = [normalize_text(c) for c in choices]
+    if isinstance(value, bool):  # a yes/no question asked with options: True is "yes"
+        for words in (("yes", "no"), ("true", "false")):
+            wanted = words[0] if value else words[1]
+            if wanted in normalized_choices and all(w in normalized_choices for w in words):
+                return normalized_choices.index(wanted)
+        return None
     if isinstance(value, (int, float)):
-        value = str(int(value)) if float(value).is_integer() else str(value)
+        number = parse_number(value)
+        if number is None:
+            return None
+        value = str(int(number)) if number.is_integer() else str(number)
     if not isinstance(value, str):
         return None
-    text = value.strip()
+    text = value.strip()[:_MAX_TEXT]
     if not text:
         return None
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from harness.scoring.extract import (
-    is_empty,
-    normalize_text,
-    parse_choice,
-    parse_number,
-    parse_yes_no,
-    unwrap,
-)
+from harness.scoring.extract import as_text, is_empty, parse_choice, parse_number, parse_yes_no, unwrap, word_key
 from harness.types import AnswerType
 
 MRA_THRESHOLDS = tuple(round(0.50 - 0.05 * i, 2) for i in range(10))  # 0.50, 0.45, ..., 0.05
@@ -50,7 +43,7 @@ def mean_relative_accuracy(prediction: float, gold: float) -> float:
 
 
 def _word_key(value: Any) -> str:
-    text = normalize_text(str(unwrap(value)))
+    text = word_key(as_text(unwrap(value)))
     return _COMPASS.get(text, text)
 
 
@@ -72,7 +65,7 @@ def score_strict(answer_type: str, prediction: Any, gold: Any,
         if got is None:
             return StrictResult(0.0, Parse.UNPARSABLE)
         want = float(gold)
-        extracted = int(got) if got.is_integer() else got
+        extracted = int(got) if got.is_integer() and abs(got) < 2 ** 63 else got
         if answer_type == AnswerType.INTEGER:
             return StrictResult(float(got == want), Parse.OK, extracted)
         return StrictResult(mean_relative_accuracy(got, want), Parse.OK, extracted)
@@ -101,7 +94,7 @@ def score_strict(answer_type: str, prediction: Any, gold: Any,
 
 def _looks_numeric(value: Any) -> bool:
     try:
-        float(str(value).strip())
+        float(as_text(value).strip())
         return True
-    except ValueError:
+    except (ValueError, OverflowError):
         return False
