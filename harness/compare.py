@@ -20,6 +20,7 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.records import read_records
+from harness.protocol import HARNESS
 from harness.results import RESULTS_FILE, RUN_FILE, SCORINGS, samples_file
 from harness.stats import Z_95, MeanAccumulator, clustered_mcnemar, holm, mcnemar, paired_bootstrap
 
@@ -257,6 +258,11 @@ def check_runs(baseline: Path, candidate: Path, options: CheckOptions | None = N
     """Compare every task the two runs share; raises :class:`CheckRefused` when they cannot be compared."""
     options = options or CheckOptions()
     base, cand = load_results(baseline), load_results(candidate)
+    protocols = (base.get("protocol", HARNESS), cand.get("protocol", HARNESS))
+    if protocols[0] != protocols[1]:
+        raise CheckRefused(f"the baseline {baseline} follows the {protocols[0]} protocol and the candidate "
+                           f"{candidate} the {protocols[1]} protocol: their questions, tools and scoring differ; "
+                           f"run the candidate with --protocol {protocols[0]}")
     base_tasks, cand_tasks = list(base["results"]), list(cand["results"])
     wanted = options.tasks or list(dict.fromkeys(base_tasks + cand_tasks))
     unknown = [t for t in wanted if t not in base_tasks and t not in cand_tasks]

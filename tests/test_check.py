@@ -34,10 +34,10 @@ WORKFLOW = REPO / ".github" / "workflows" / "checkpoint-gate.yml"
 
 def write_run(run_dir: Path, tasks: dict[str, list[float | None]], clusters: dict[str, list[str]] | None = None,
               version: int = 1, fingerprint: str = "cfg", gold: str = "yes", ids: dict[str, list[str]] | None = None,
-              compat: dict[str, list[float]] | None = None) -> Path:
+              compat: dict[str, list[float]] | None = None, protocol: str = "harness") -> Path:
     """A finished run: run.json, samples_<task>.jsonl and results.json, as the runner writes them."""
     clusters, ids, compat = clusters or {}, ids or {}, compat or {}
-    run = {"system": "predictions", "tasks": list(tasks), "limit": None, "seed": 1234,
+    run = {"system": "predictions", "tasks": list(tasks), "limit": None, "seed": 1234, "protocol": protocol,
            "task_configs": {t: {"version": version, "metric": "accuracy",
                                 "fields": {"cluster": "image" if t in clusters else None}} for t in tasks},
            "task_meta": {t: {"size": len(s), "revision": "local", "fingerprint": fingerprint}
@@ -437,3 +437,12 @@ def test_ci_example_commands_parse_with_our_cli():
     assert run.limit is not None and run.seed is not None
     assert check_args.candidate == run.output_path
     assert check_args.output_path is not None
+
+
+def test_refuses_runs_of_different_protocols(tmp_path, capsys):
+    base = write_run(tmp_path / "base", {"t": [1.0, 0.0, 1.0]})
+    cand = write_run(tmp_path / "cand", {"t": [1.0, 0.0, 1.0]}, protocol="paper")
+    with pytest.raises(CheckRefused, match="harness protocol and the candidate .* the paper protocol"):
+        check_runs(base, cand)
+    assert main(["check", "--baseline", str(base), "--candidate", str(cand)]) == 2
+    assert "--protocol harness" in capsys.readouterr().err

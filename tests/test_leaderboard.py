@@ -13,10 +13,10 @@ import pytest
 from harness.cli import main
 from harness.leaderboard import LeaderboardError, write_leaderboard
 from harness.leaderboard.model import BEST, SECOND, Cell, Row
-from harness.leaderboard.render import latex_escape, to_latex, to_markdown
+from harness.leaderboard.render import latex_escape, to_csv, to_latex, to_markdown
 from harness.leaderboard.rewardlog import read_reward_log
 from harness.leaderboard.runs import RunIndex
-from harness.leaderboard.tables import mark_ranks, paper_table
+from harness.leaderboard.tables import mark_ranks, paper_table, scoring_table
 from harness.paper import load_paper
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,7 +27,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def write_results(run_dir: Path, system: str, scores: dict[str, tuple[float, float]], *, label: str | None = None,
                   date: str = "2025-06-01T12:00:00+00:00", limit: float | None = None, n: int = 100,
-                  size: int | None = 100, half_width: float = 0.05) -> Path:
+                  size: int | None = 100, half_width: float = 0.05, protocol: str | None = None) -> Path:
     """A results.json in the layout `python -m harness run` writes: per task (strict, compat) fractions."""
     run_dir.mkdir(parents=True)
     results = {task: {"alias": task, "n": n, "n_scored": n,
@@ -40,6 +40,8 @@ def write_results(run_dir: Path, system: str, scores: dict[str, tuple[float, flo
             "higher_is_better": {t: {"accuracy": True} for t in scores},
             "config": {"system": system, "label": label, "tasks": list(scores), "limit": limit, "seed": 1234},
             "task_hashes": {}, "date": date}
+    if protocol is not None:
+        data["protocol"] = protocol
     (run_dir / "results.json").write_text(json.dumps(data))
     return run_dir
 
@@ -98,12 +100,12 @@ def test_synthetic_and_scoring_tables_from_real_runs(synthetic_runs, tmp_path):
     assert clean["accuracy,strict"] == 1.0 and noisy["accuracy,strict"] < 1.0
     text = (tmp_path / "lb" / "synthetic.md").read_text()
     low, high = (100 * v for v in noisy["accuracy_ci95,strict"])
-    assert md_row(text, "reference").startswith(f"| reference | **100.0** [100.0, 100.0] | {clean['n']} | 100.0 |")
+    assert md_row(text, "reference").startswith(f"| reference | **100.0** (h) [100.0, 100.0] | {clean['n']} | 100.0 |")
     assert md_row(text, "reference-noisy").startswith(
-        f"| reference-noisy | *{100 * noisy['accuracy,strict']:.1f}* [{low:.1f}, {high:.1f}] | {noisy['n']} |")
+        f"| reference-noisy | *{100 * noisy['accuracy,strict']:.1f}* (h) [{low:.1f}, {high:.1f}] | {noisy['n']} |")
     assert "count_choice" in text.splitlines()[4]  # a column per question family
     scoring = (tmp_path / "lb" / "scoring.md").read_text()
-    assert md_row(scoring, "reference").endswith("| 100.0 [100.0, 100.0] | 100.0 [100.0, 100.0] | +0.0 |")
+    assert md_row(scoring, "reference").endswith("| 100.0 (h) [100.0, 100.0] | 100.0 (h) [100.0, 100.0] | +0.0 |")
     assert {t.name for t in written.tables} >= {"synthetic", "scoring", "table1", "table9"}
 
 
@@ -116,8 +118,8 @@ def test_cells_show_ours_with_interval_beside_the_paper_or_not_run(paper, tmp_pa
     line = md_row(to_markdown(table), "VALOR (ours)")
     # Open-source group: VALOR-RL's paper 43.9 is best, our 43.1 second; on VSR our 70.0 is second to
     # VALOR-RL's 70.3 (paper); elsewhere VALOR's paper numbers are best.
-    assert line.startswith("| VALOR (ours) | *43.1* [38.1, 48.1] / 44.0 | not run / **69.5** | not run / **69.2** "
-                           "| *70.0* [65.0, 75.0] / 75.6 |")
+    assert line.startswith("| VALOR (ours) | *43.1* (h) [38.1, 48.1] / 44.0 | not run / **69.5** | not run / **69.2** "
+                           "| *70.0* (h) [65.0, 75.0] / 75.6 |")
     assert md_row(to_markdown(table), "VALOR-RL (ours)").startswith("| VALOR-RL (ours) | not run / **43.9** |")
     assert table.runs == [f"valor: {tmp_path / 'r' / 'valor'} (omni3d_bench, vsr)"]
     compat = paper_table(paper, "1", RunIndex.from_folders([tmp_path / "r"]), scoring="compat")
@@ -173,7 +175,7 @@ def test_newest_complete_run_is_used_and_a_limited_run_is_flagged(paper, tmp_pat
     assert chosen.ours == pytest.approx(65.0) and not chosen.limited and chosen.run == str(root / "new")
     flagged = cell(table, "valor", "vsr")  # only a limited run exists: used, and flagged
     assert flagged.ours == pytest.approx(80.0) and flagged.limited
-    assert "| **80.0**† [75.0, 85.0] / 75.6 |" in md_row(to_markdown(table), "VALOR (ours)")
+    assert "| **80.0**† (h) [75.0, 85.0] / 75.6 |" in md_row(to_markdown(table), "VALOR (ours)")
     assert f"† valor on vsr: 30 of 100 samples (--limit 30), {root / 'newest-limited'}" in table.notes
     assert r"\textbf{80.0}\textsuperscript{\dag}" in to_latex(table) and r"-{}-limit 30" in to_latex(table)
 
@@ -295,3 +297,17 @@ def test_leaderboard_command_and_bad_results(tmp_path, capsys):
     assert f"{broken}: config.system is missing" in capsys.readouterr().err
     assert main(["leaderboard", "--results", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_paper_tables_take_a_paper_protocol_run_and_every_cell_says_its_protocol(paper, tmp_path):
+    root = tmp_path / "r"
+    write_results(root / "ours", "valor", {"robospatial": (0.70, 0.70)}, date="2025-05-01T00:00:00+00:00")
+    write_results(root / "paper", "valor", {"robospatial": (0.66, 0.68), "vsr": (0.7, 0.7)}, protocol="paper",
+                  date="2025-01-01T00:00:00+00:00")
+    index = RunIndex.from_folders([root])
+    chosen = cell(paper_table(paper, "1", index), "valor", "robospatial")
+    assert chosen.run == str(root / "paper") and chosen.protocol == "paper"  # older, but the paper's protocol
+    assert "(p) [" in md_row(to_markdown(paper_table(paper, "1", index)), "VALOR (ours)")
+    assert ",paper\n" in to_csv(paper_table(paper, "1", index)).replace("\r", "")
+    scoring = scoring_table(index)  # our own tables: the newest run, whatever its protocol
+    assert any(c.protocol == "harness" for r in scoring.rows for c in r.cells)

@@ -394,3 +394,99 @@ def test_resume_refuses_another_protocol(paper_upstream, tmp_path):
             "--include-path", str(include), "--data-dir", str(data), "--output-path", str(tmp_path / "run")]
     assert main(args) == 0
     assert main(args + ["--resume", "--protocol", "paper"]) == 2
+
+
+# --------------------------------------------------------------------------- hundreds of recorded cases
+
+CASES = json.loads((Path(__file__).parent / "golden" / "paper_cases.json").read_text(encoding="utf-8"))
+
+
+def test_recorded_cases_cover_each_rule():
+    """The file holds the original code's outputs for our own random inputs (edge values included:
+    numpy scalars and arrays, nan, huge integers, nested containers, empty and lettered strings)."""
+    assert len(CASES["scoring"]) >= 400 and len(CASES["parsing"]) >= 300
+    assert len(CASES["blink"]) >= 200 and len(CASES["realworldqa"]) >= 250
+    assert {c["rule"] for c in CASES["scoring"]} == {"omni3d", "tallyqa", "countbench", "vsr", "robospatial",
+                                                     "blink", "realworldqa"}
+
+
+@pytest.mark.parametrize("case", CASES["scoring"], ids=lambda c: f"{c['rule']}-{str(c['prediction'])[:30]}")
+def test_scores_equal_the_originals(case):
+    prediction = decode_value(case["prediction"])
+    assert compat_score(case["rule"], prediction, case["gold"], {"raw_answer_type": case["raw_answer_type"]}) \
+        == pytest.approx(case["expected"])
+
+
+def test_parsing_equals_the_originals():
+    for case in CASES["parsing"]:
+        parsed = parse_reply_paper(paper_reply_text(case["reply"]))
+        assert (parsed.plan or "", parsed.code or "") == (case["plan"], case["code"]), case["reply"]
+
+
+def test_question_rewriting_equals_the_originals():
+    for case in CASES["blink"]:
+        try:
+            got = list(blink_rewrite(blink_question(case["question"], case["choices"]), case["letter"])[:2])
+        except RowFormatError:
+            got = None
+        assert got == case["expected"], case
+    for case in CASES["realworldqa"]:
+        try:
+            got = list(realworldqa_rewrite(case["question"], case["answer"])[:2])
+        except RowFormatError:
+            got = None
+        assert got == case["expected"], case
+
+
+# --------------------------------------------------------------------------- the Responses API and the paper judge
+
+def test_responses_api_requests_and_replies(monkeypatch):
+    import asyncio
+
+    from fake_openai import KEY_ENV, Reply, make_chat, running_chat_server
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    with running_chat_server(monkeypatch) as server:
+        chat = make_chat(server, api="responses", temperature=None, extra={"reasoning": {"effort": "medium"}})
+        server.default = Reply(content="Red.")
+        image = __import__("PIL.Image", fromlist=["Image"]).new("RGB", (4, 4))
+        messages = [{"role": "user", "content": [{"type": "text", "text": "what colour?"}, {"type": "image", "image": image}]}]
+        assert chat.complete(messages) == "Red."
+        assert asyncio.run(chat.acomplete(messages)) == "Red."
+        for request in server.requests:
+            assert request["path"] == "/v1/responses"
+            body = request["body"]
+            assert body["reasoning"] == {"effort": "medium"} and "temperature" not in body and "messages" not in body
+            parts = body["input"][0]["content"]
+            assert parts[0] == {"type": "input_text", "text": "what colour?"}
+            assert parts[1]["type"] == "input_image" and parts[1]["image_url"].startswith("data:image/png;base64,")
+        server.default = Reply(body={"id": "r", "object": "response", "status": "incomplete", "output": [],
+                                     "incomplete_details": {"reason": "max_output_tokens"}})
+        with pytest.raises(Exception, match="no text"):
+            chat.complete([{"role": "user", "content": "x"}])
+        chat.close()
+
+
+def test_the_paper_judge_reads_verdicts_as_the_original(paper_upstream, monkeypatch, tmp_path):
+    from fake_openai import KEY_ENV, Reply, running_chat_server
+
+    from harness.scoring.judge import JudgeSpec, make_paper_judge, paper_verdict
+
+    assert paper_verdict("<answer>1</answer>") == (1.0, None)
+    assert paper_verdict("<answer> 1 </answer> <answer>0</answer>")[0] == 1.0  # the first block, int() strips
+    assert paper_verdict("<answer>1<answer>")[0] == 1.0
+    assert paper_verdict("yes")[0] == 0.0 and "unreadable" in paper_verdict("yes")[1]
+    assert paper_verdict("<answer>\n1\n</answer>")[0] == 0.0  # a block is one line: the whole reply is read
+    monkeypatch.setenv(KEY_ENV, "k")
+    with running_chat_server(monkeypatch) as server:
+        spec = JudgeSpec(api_key_env=KEY_ENV, paper_base_url=server.url)
+        judge = make_paper_judge(spec, cache_dir=tmp_path)
+        server.script = [Reply(content="<answer>1</answer>"), Reply(status=400)]
+        verdict = judge.judge("What is on the table?", "cup", None)
+        assert verdict.score == 1.0
+        text = server.requests[0]["body"]["input"][0]["content"][0]["text"]
+        assert text.endswith("Q: What is on the table?\nReference: cup\nCandidate: None\n")  # a failed program: None
+        assert server.requests[0]["body"]["model"] == "gpt-5-mini" and "temperature" not in server.requests[0]["body"]
+        failed = judge.judge("q", "cup", "mug")
+        assert failed.score is None and "400" in failed.error  # a failed call is no verdict, never 0
+        assert judge.judge("What is on the table?", "cup", None).cached  # verdicts are cached by the exact text

@@ -24,6 +24,7 @@ class Cell:
     text: str | None = None  # a plain cell (a count, a difference): no number, no mark
     n: int | None = None
     run: str | None = None  # the run directory ours comes from
+    protocol: str | None = None  # the protocol of that run (paper or harness)
 
     @property
     def ranked(self) -> float | None:

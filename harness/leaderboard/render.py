@@ -32,6 +32,8 @@ def _cell_text(cell: Cell, with_paper: bool, emphasis: Callable[[str, int], str]
         ours = NOT_RUN
     else:
         ours = emphasis(f"{cell.ours:.1f}", cell.mark) + (dagger if cell.limited else "")
+        if cell.protocol:
+            ours += escape(f" ({cell.protocol[0]})")
         if cell.ci is not None:
             ours += " " + interval(f"[{cell.ci[0]:.1f}, {cell.ci[1]:.1f}]")
     if not with_paper:
@@ -120,7 +122,7 @@ def to_csv(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["table", "group", "key", *label_fields, "column", "ours", "ci_low", "ci_high", "n", "partial",
-                     "paper", "mark", "text", "run"])
+                     "paper", "mark", "text", "run", "protocol"])
     marks = {BEST: "best", SECOND: "second"}
     for row in table.rows:
         for column, cell in zip(table.columns, row.cells):
@@ -128,7 +130,7 @@ def to_csv(table: Table) -> str:
             writer.writerow([table.name, row.group, row.key, *row.labels, column.key, _number(cell.ours),
                              _number(low), _number(high), "" if cell.n is None else cell.n,
                              str(cell.limited).lower() if cell.ours is not None else "", _number(cell.paper),
-                             marks.get(cell.mark, ""), cell.text or "", cell.run or ""])
+                             marks.get(cell.mark, ""), cell.text or "", cell.run or "", cell.protocol or ""])
     return out.getvalue()
 
 

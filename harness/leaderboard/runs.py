@@ -2,8 +2,9 @@
 
 A run fills the paper rows named by its label (``python -m harness run --label NAME``)
 or, when it has none, by its system. Where several runs match a (row, task), the
-newest complete one is used; a run on part of a benchmark (``--limit``, or a run
-that stopped early) is used only when no complete run exists, and is flagged.
+paper's tables take a run of the paper protocol over any other; then the newest
+complete one is used; a run on part of a benchmark (``--limit``, or a run that
+stopped early) is used only when no complete run exists, and is flagged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from harness.leaderboard.model import LeaderboardError
+from harness.protocol import HARNESS, PROTOCOLS
 from harness.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Run:
     date: datetime
     limit: float | None
     tasks: dict[str, TaskScore]
+    protocol: str = HARNESS  # the evaluation protocol the run followed (paper or harness)
 
     @property
     def key(self) -> str:
@@ -146,8 +149,11 @@ def read_run(path: Path) -> Run:
             continue
         tasks[task] = score
     limit = config.get("limit")
+    protocol = data.get("protocol", HARNESS)
+    if protocol not in PROTOCOLS:
+        raise LeaderboardError(f"{path}: protocol {protocol!r} is none of {', '.join(PROTOCOLS)}")
     return Run(path.parent, system, label, _date(data.get("date"), f"{path}: date"),
-               float(limit) if limit is not None else None, tasks)
+               float(limit) if limit is not None else None, tasks, protocol)
 
 
 def find_results(roots: Iterable[Path], name: str = RESULTS_FILE) -> list[Path]:
@@ -179,10 +185,12 @@ class RunIndex:
     def tasks(self, key: str) -> list[str]:
         return sorted({task for run in self._by_key.get(key, []) for task in run.tasks})
 
-    def choose(self, key: str, task: str) -> Choice | None:
-        """The newest complete run of ``key`` on ``task``; the newest partial one if none is complete."""
+    def choose(self, key: str, task: str, protocol: str | None = None) -> Choice | None:
+        """The newest complete run of ``key`` on ``task``; the newest partial one if none is complete.
+        With ``protocol``, a run of that protocol wins over any run of another."""
         matching = [run for run in self._by_key.get(key, []) if task in run.tasks]
         if not matching:
             return None
-        best = max(matching, key=lambda run: (not run.is_partial(task), run.date, str(run.directory)))
+        best = max(matching, key=lambda run: (run.protocol == protocol, not run.is_partial(task), run.date,
+                                               str(run.directory)))
         return Choice(best, best.tasks[task])

@@ -15,6 +15,7 @@ from typing import Iterable
 from harness.leaderboard.model import BEST, SECOND, Cell, Column, Row, Table
 from harness.leaderboard.runs import Choice, RunIndex
 from harness.paper import PaperTables
+from harness.protocol import PAPER
 
 SCORING_NAMES = {"strict": "strict scoring", "compat": "paper-compatible scoring"}
 
@@ -32,7 +33,7 @@ def our_cell(choice: Choice | None, scoring: str, paper: float | None = None) ->
         return Cell(paper=paper)
     score = choice.score
     return Cell(ours=percent(score.value(scoring)), ci=_interval(score.ci(scoring)), paper=paper,
-                limited=choice.partial, n=score.n, run=str(choice.run.directory))
+                limited=choice.partial, n=score.n, run=str(choice.run.directory), protocol=choice.run.protocol)
 
 
 def mark_ranks(rows: Iterable[Row], by_group: bool) -> None:
@@ -65,9 +66,13 @@ def _runs_used(used: dict[str, dict[str, list[str]]]) -> list[str]:
             for row, runs in used.items()]
 
 
+PROTOCOL_NOTE = "(p): a run of the paper protocol, (h): of the harness protocol."
+
+
 def _caption(scoring: str, ranking: str) -> str:
     return (f"Each cell: ours ({SCORING_NAMES[scoring]}, %) [95% CI] / the paper's (%); 'not run' where no run "
-            f"matched. Best and second best are marked {ranking}, on ours where run, else on the paper's number. "
+            f"matched; a run of the paper protocol is used where one exists. {PROTOCOL_NOTE} Best and second "
+            f"best are marked {ranking}, on ours where run, else on the paper's number. "
             f"† ours comes from part of the benchmark.")
 
 
@@ -101,7 +106,7 @@ def paper_table(paper: PaperTables, table: str, index: RunIndex, scoring: str = 
         number = first[system]
         cells = []
         for benchmark in benchmarks:
-            choice = index.choose(system, benchmark)
+            choice = index.choose(system, benchmark, PAPER)
             cells.append(our_cell(choice, scoring, values.get((system, benchmark))))
             if choice is not None:
                 used[system][str(choice.run.directory)].append(benchmark)
@@ -141,8 +146,8 @@ def synthetic_table(index: RunIndex, scoring: str = "strict") -> Table:
     mark_ranks(rows, by_group=True)
     caption = (f"Every system (or label) run on the synthetic benchmark ({', '.join(tasks) or 'none yet'}): "
                f"accuracy ({SCORING_NAMES[scoring]}, %) [95% CI], samples, and accuracy per question family. Best "
-               f"and second best accuracy are marked per task. † a run on part of the benchmark. Runs of one system "
-               f"with different settings (e.g. tool noise) share a row unless given a --label.")
+               f"and second best accuracy are marked per task. † a run on part of the benchmark. {PROTOCOL_NOTE} "
+               f"Runs of one system with different settings (e.g. tool noise) share a row unless given a --label.")
     return Table("synthetic", "The synthetic benchmark", caption, ["System"],
                  [Column("Accuracy", "accuracy"), Column("n", "n")] + [Column(f, f) for f in families], rows,
                  with_paper=False, sections=len(tasks) > 1, notes=_limited_notes(entries), runs=_runs_used(used))
@@ -167,7 +172,7 @@ def scoring_table(index: RunIndex) -> Table:
             chosen.append((key, task, choice))
             used[key][str(choice.run.directory)].append(task)
     caption = ("Strict and paper-compatible scoring of the same predictions (%, [95% CI]); difference = "
-               "paper-compatible minus strict, in points. † a run on part of the benchmark.")
+               f"paper-compatible minus strict, in points. † a run on part of the benchmark. {PROTOCOL_NOTE}")
     return Table("scoring", "Strict vs paper-compatible scoring", caption, ["System", "Task", "n"],
                  [Column("Strict", "strict"), Column("Paper-compatible", "compat"), Column("Difference", "delta")],
                  rows, with_paper=False, notes=_limited_notes(chosen), runs=_runs_used(used))

@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 VQA_VERSION = 1
 DEFAULT_PAD = 0.25
 
-# The paper's evaluation asks GPT-5-mini. It is a reasoning model, which
-# rejects any temperature but its default, so none is sent.
+# The paper's evaluation asks GPT-5-mini through the Responses API with medium
+# reasoning effort. It is a reasoning model, which rejects any temperature but
+# its default, so none is sent.
 DEFAULT_BACKEND_OPTIONS: dict[str, dict[str, Any]] = {
-    "openai": {"model": "gpt-5-mini", "temperature": None},
+    "openai": {"model": "gpt-5-mini", "temperature": None, "api": "responses",
+               "extra": {"reasoning": {"effort": "medium"}}},
     "transformers": {"max_new_tokens": 32},
 }
 
