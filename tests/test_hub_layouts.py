@@ -416,3 +416,35 @@ def test_task_yaml_revisions_say_where_they_come_from():
         assert block.splitlines()[line - 1].strip().startswith("#"), name
         assert yaml.safe_load(text)["dataset"]["revision"] == REGISTRY.config(name).dataset.revision
 
+
+# --------------------------------------------------------------------------- offline copies
+
+def test_download_data_makes_partial_copies_that_record_their_commit(fake_hub, tmp_path, capsys):
+    from harness.cli import main
+
+    data_dir = tmp_path / "data"
+    assert main(["download-data", "--tasks", "blink_counting,blink,gqa,countbenchqa", "--data-dir", str(data_dir),
+                 "--check"]) == 0
+    out = capsys.readouterr().out
+    blink = REGISTRY.config("blink").dataset
+    assert [c["repo_id"] for c in fake_hub] == [fx.BLINK, fx.GRIT, fx.COUNTBENCH]  # BLINK once, for both tasks
+    assert fake_hub[0]["allow_patterns"] == ["Counting/*", "README.md", "Spatial_Relation/*"]
+    assert fake_hub[0]["revision"] == blink.revision and fake_hub[0]["local_dir"] == str(data_dir / fx.BLINK)
+    files = fx.repository_files(data_dir / fx.BLINK)
+    assert "Counting/val-00000-of-00001.parquet" in files and not any(f.startswith("Art_Style/") for f in files)
+    assert f"blink: 6 samples, revision {blink.revision}" in out
+    assert f"countbenchqa: 3 samples, revision {REGISTRY.config('countbenchqa').dataset.revision}" in out
+    assert f"gqa: 3 samples, revision {FAKE_HEAD}" in out  # unpinned: the commit the hub served
+    assert f"note: task gqa reads its images from {data_dir / fx.GRIT / 'gqa'}" in out
+
+
+def test_tasks_pinning_different_revisions_of_one_repository_are_refused():
+    from harness.tasks.sources import offline_copies
+
+    one = REGISTRY.config("blink").dataset
+    other = parse_task_config({"task": "x", "dataset": {"path": fx.BLINK, "revision": "a" * 40}}, "x.yaml").dataset
+    with pytest.raises(DatasetUnavailableError, match="pin different revisions of BLINK-Benchmark/BLINK"):
+        offline_copies({"blink": one, "x": other})
+    whole = parse_task_config({"task": "y", "dataset": {"path": fx.BLINK, "revision": one.revision}}, "y.yaml").dataset
+    (copy,) = offline_copies({"blink": one, "y": whole})
+    assert copy.allow_patterns is None and copy.tasks == ["blink", "y"]  # one task reads it whole
