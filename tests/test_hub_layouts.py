@@ -303,21 +303,33 @@ def test_the_default_config_and_a_data_dir_config(tmp_path):
     ("several", [{"split": "test", "config": "c"}], "declares no config 'c'; it declares: a, b"),
     ("no_readme", [{"split": "test", "config": "a"}], "README.md is missing, so config 'a' cannot be found"),
     ("several", [{"split": "validation", "config": "a"}], "config 'a' declares no split 'validation'; it declares: test"),
-    ("mixed", [{"split": "test", "config": "a"}], "files of more than one format (parquet and .jsonl)"),
-    ("several", [{"split": "test", "config": "b"}], "no file matches 'b/*' (config 'b' split 'test')"),
+    ("several", [{"split": "test", "config": "b"}], "no data file matches 'b/*' (config 'b' split 'test')"),
+    ("not_data", [{"split": "test", "config": "a"}], "notes.xyz (config 'a' split 'test') is not a data file"),
 ])
 def test_layout_errors_name_what_is_missing(setup, parts, message, tmp_path):
     root = tmp_path / "someone/broken"
     if setup != "no_readme":
-        write_repository(root, [{"config_name": "a", "data_files": [{"split": "test", "path": "a/*"}]},
+        a_files = ["a/*", "a/notes.xyz"] if setup == "not_data" else "a/*"
+        write_repository(root, [{"config_name": "a", "data_files": [{"split": "test", "path": a_files}]},
                                 {"config_name": "b", "data_files": [{"split": "test", "path": "b/*"}]}])
+    if setup == "not_data":
+        fx.write_text(root, "a/notes.xyz", "notes\n")
     fx.write_parquet(root, "a/test-00000.parquet", qa_columns("a"), QA)
-    if setup == "mixed":
-        fx.write_jsonl(root, "a/more.jsonl", [{"id": "x", "question": "q", "answer": 1}])
     with pytest.raises(DatasetUnavailableError) as info:
         len(task_on("someone/broken", parts, tmp_path))
     assert info.value.args[0].startswith("task 'toy': cannot read part")
     assert message in str(info.value)
+
+
+def test_files_of_another_format_are_left_out_as_datasets_does(tmp_path, caplog):
+    root = tmp_path / "someone/mixed"
+    write_repository(root, [{"config_name": "a", "data_files": [{"split": "test", "path": "a/*"}]}])
+    fx.write_parquet(root, "a/test-00000.parquet", qa_columns("a"), QA)
+    fx.write_parquet(root, "a/test-00001.parquet", qa_columns("b"), QA)
+    fx.write_jsonl(root, "a/more.jsonl", [{"id": "x", "question": "q", "answer": 1}])
+    with caplog.at_level(logging.WARNING, logger="harness.tasks.layout"):
+        assert task_on("someone/mixed", [{"split": "test"}], tmp_path).ids() == ["a0", "a1", "b0", "b1"]
+    assert "config 'a' split 'test': reading the parquet files; left out, as datasets does: more.jsonl" in caplog.text
 
 
 def test_a_card_that_names_the_split_test_0412(tmp_path):

@@ -117,45 +117,45 @@ def _inferred_patterns(base: Path, split: str, where: str) -> list[str]:
     return [str(p) for p in by_split[split]]
 
 
-def _resolve(patterns: list[str], base: Path, where: str, inferred: bool) -> list[str]:
-    """The files the patterns match, as ``datasets`` resolves them: a wildcard pattern may match
-    nothing, a plain path must exist, and at least one file must be found."""
+def _resolve(patterns: list[str], base: Path, where: str) -> list[str]:
+    """The data files the patterns match, as ``datasets`` resolves them: files of known data formats
+    only, a wildcard pattern may match nothing, a plain path must exist, and one file at least."""
     from datasets.data_files import contains_wildcards, resolve_pattern
     from datasets.load import _ALL_ALLOWED_EXTENSIONS
 
     files: list[str] = []
     for pattern in patterns:
         try:
-            found = resolve_pattern(pattern, base.as_posix(),
-                                    allowed_extensions=_ALL_ALLOWED_EXTENSIONS if inferred else None)
+            found = resolve_pattern(pattern, base.as_posix(), allowed_extensions=_ALL_ALLOWED_EXTENSIONS)
         except FileNotFoundError:
             if contains_wildcards(pattern):
                 continue
-            raise LayoutError(f"no file {pattern!r} ({where}) under {base}: the copy lacks it "
-                              f"(a partial download must include it)") from None
+            state = "is not a data file" if (base / pattern).is_file() else "is missing: the copy lacks it"
+            raise LayoutError(f"{base / pattern} ({where}) {state}") from None
         files += [f for f in found if f not in files]
     if not files:
         shown = ", ".join(repr(p) for p in patterns)
-        raise LayoutError(f"no file matches {shown} ({where}) under {base}: the copy lacks these files "
+        raise LayoutError(f"no data file matches {shown} ({where}) under {base}: the copy lacks these files "
                           f"(a partial download must include them)")
     return files
 
 
-def _module_for(files: list[str], where: str) -> tuple[str, dict[str, Any]]:
+def _module_for(files: list[str], where: str) -> tuple[str, dict[str, Any], list[str]]:
+    """The format of a part's files, chosen as ``datasets`` does (the most common extension), and the
+    files of that format; ``datasets`` leaves the others out, so it is logged which."""
     from datasets.data_files import DataFilesList
     from datasets.load import infer_module_for_data_files_list
-    from datasets.packaged_modules import _MODULE_TO_EXTENSIONS
+    from datasets.packaged_modules import _MODULE_TO_EXTENSIONS, _MODULE_TO_METADATA_EXTENSIONS
 
     module, kwargs = infer_module_for_data_files_list(DataFilesList(files, [()] * len(files)))
     if module is None:
         raise LayoutError(f"{where}: no readable data format among {', '.join(Path(f).name for f in files)}")
-    extensions = {e.lower() for e in _MODULE_TO_EXTENSIONS[module]}
-    others = [f for f in files if not any(f.lower().endswith(e) for e in extensions)]
-    if others:
-        raise LayoutError(f"{where}: files of more than one format ({module} and "
-                          f"{', '.join(sorted({Path(f).suffix or Path(f).name for f in others}))}): "
-                          f"{', '.join(Path(f).name for f in others[:3])}")
-    return module, dict(kwargs)
+    extensions = tuple(e.lower() for e in _MODULE_TO_EXTENSIONS[module] + _MODULE_TO_METADATA_EXTENSIONS[module])
+    kept = [f for f in files if f.lower().endswith(extensions)]
+    if len(kept) < len(files):
+        log.warning("%s: reading the %s files; left out, as datasets does: %s", where, module,
+                    ", ".join(Path(f).name for f in files if f not in kept))
+    return module, dict(kwargs), kept
 
 
 def _builder_settings(module: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -169,8 +169,7 @@ def _builder_settings(module: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in skip and hasattr(config_class, k)}
 
 
-def part_files(root: Path, split: str, config: str | None = None, data_files: str | None = None,
-               card: Card | None = None) -> PartFiles:
+def part_files(root: Path, split: str, config: str | None = None, data_files: str | None = None) -> PartFiles:
     """The files of one part of the dataset copied at ``root``.
 
     ``data_files`` (a pattern relative to ``root``) wins over the README; else the
@@ -178,28 +177,28 @@ def part_files(root: Path, split: str, config: str | None = None, data_files: st
     ``split``; a README without ``configs:`` leaves the split to the file names,
     as ``datasets`` infers it. A config the README does not declare is an error.
     """
-    card = read_card(root) if card is None else card
+    card = read_card(root)
     readme = root / README
     where = f"config {config!r} split {split!r}" if config else f"split {split!r}"
     name = _config_name(card, config, root) if data_files is None or config else None
     params = card.configs.get(name, {}) if name else {}
     base = root / params["data_dir"] if params.get("data_dir") else root
     if data_files is not None:
-        patterns, inferred, where = [data_files], False, "the task's data_files"
+        patterns, where = [data_files], "the task's data_files"
     elif name is not None and params.get("data_files") is not None:
         where = f"config {name!r} split {split!r}"
-        patterns, inferred = _split_patterns(params["data_files"], split, f"config {name!r}", readme), False
+        patterns = _split_patterns(params["data_files"], split, f"config {name!r}", readme)
     elif name is not None:  # a config that gives only a data_dir
         where = f"config {name!r} split {split!r}"
-        patterns, inferred = _inferred_patterns(base, split, where), True
+        patterns = _inferred_patterns(base, split, where)
     elif config is not None:
         state = "has no 'configs:' header" if card.present else "is missing"
         raise LayoutError(f"{readme} {state}, so config {config!r} cannot be found; the README declares which "
                           f"files make each config (copy it with the data)")
     else:
-        patterns, inferred = _inferred_patterns(base, split, where), True
-    files = _resolve(patterns, base, where, inferred)
-    module, kwargs = _module_for(files, where)
+        patterns = _inferred_patterns(base, split, where)
+    files = _resolve(patterns, base, where)
+    module, kwargs, files = _module_for(files, where)
     kwargs.update(_builder_settings(module, params))
     return PartFiles(tuple(files), module, where, kwargs, card.features.get(name) if name else None)
 
