@@ -325,7 +325,8 @@ def build_robospatial(data_dir: Path) -> Written:
     written.files.append(write_text(root, "README.md", card({
         "license": "apache-2.0",
         "dataset_info": {"features": features_yaml(ROBOSPATIAL_FEATURES),
-                         "splits": [{"name": s, "num_bytes": 1024, "num_examples": len(r)} for s, r in _ROBOSPATIAL_ROWS.items()]},
+                         "splits": [{"name": s, "num_bytes": 1024, "num_examples": len(r)}
+                                    for s, r in _ROBOSPATIAL_ROWS.items()]},
         "configs": [{"config_name": "default",
                      "data_files": [{"split": s, "path": f"data/{s}-*"} for s in _ROBOSPATIAL_ROWS]}],
     }, "RoboSpatial-Home")))
@@ -799,10 +800,11 @@ def build_tallyqa_train(data_dir: Path, base64_images: bool = True) -> Written:
         columns["answer"].append(answer)
     written.files += write_shards(root, "data/train-{index}-of-{count}.parquet", columns, features)
     written.files.append(write_text(root, "README.md", card({
-        "dataset_info": {"features": features_yaml(features), "splits": [{"name": "train", "num_bytes": 1024, "num_examples": 2}]},
+        "dataset_info": {"features": features_yaml(features),
+                         "splits": [{"name": "train", "num_bytes": 1024, "num_examples": 2}]},
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
     }, "TallyQA")))
-    written.rows["train"] = [{k: v for k, v in zip(columns, values) if k != "image"} for values in zip(*columns.values())]
+    written.rows["train"] = _strip_images(columns, ["image"])
     written.expected["train"] = [Expected(id=str(row), question=q, answer=None, answer_type="none", colour=colour(i),
                                           subset="train") for row, (i, q, _) in enumerate(rows)]
     return written

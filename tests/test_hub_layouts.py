@@ -15,6 +15,7 @@ default configs, missing READMEs and splits, and the revision a copy records.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -302,7 +303,8 @@ def test_the_default_config_and_a_data_dir_config(tmp_path):
     ("several", [{"split": "test"}], "declares several configs (a, b) and none is the default"),
     ("several", [{"split": "test", "config": "c"}], "declares no config 'c'; it declares: a, b"),
     ("no_readme", [{"split": "test", "config": "a"}], "README.md is missing, so config 'a' cannot be found"),
-    ("several", [{"split": "validation", "config": "a"}], "config 'a' declares no split 'validation'; it declares: test"),
+    ("several", [{"split": "validation", "config": "a"}],
+     "config 'a' declares no split 'validation'; it declares: test"),
     ("several", [{"split": "test", "config": "b"}], "no data file matches 'b/*' (config 'b' split 'test')"),
     ("not_data", [{"split": "test", "config": "a"}], "notes.xyz (config 'a' split 'test') is not a data file"),
 ])
@@ -460,3 +462,20 @@ def test_tasks_pinning_different_revisions_of_one_repository_are_refused():
     whole = parse_task_config({"task": "y", "dataset": {"path": fx.BLINK, "revision": one.revision}}, "y.yaml").dataset
     (copy,) = offline_copies({"blink": one, "y": whole})
     assert copy.allow_patterns is None and copy.tasks == ["blink", "y"]  # one task reads it whole
+
+
+def test_runs_record_the_revision_they_read(fake_hub, tmp_path):
+    """The commit read from the hub, and the one a local copy records, reach run.json and results.json."""
+    from harness.cli import main
+
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"id": "0", "prediction": "3"}) + "\n")
+    data_dir = tmp_path / "data"
+    assert main(["download-data", "--tasks", "vsr", "--data-dir", str(data_dir)]) == 0
+    for task, args in (("countbenchqa", []), ("vsr", ["--data-dir", str(data_dir)])):
+        out = tmp_path / f"run-{task}"
+        assert main(["run", "--system", "predictions", "--predictions", str(preds), "--tasks", task,
+                     "--output-path", str(out), *args]) == 0
+        expected = REGISTRY.config(task).dataset.revision
+        assert json.loads((out / "results.json").read_text())["task_revisions"][task] == expected
+        assert json.loads((out / "run.json").read_text())["task_meta"][task]["revision"] == expected
