@@ -1,24 +1,36 @@
-"""Builders for tiny offline copies of every benchmark the task YAMLs read.
+"""Builders for tiny copies of every dataset repository the task YAMLs read.
 
-Each ``build_*`` function writes, under ``data_dir/<hub id>/``, the files the
-Hugging Face dataset repository holds (same file names, columns, feature types
-and split/config layout), with a handful of rows and 16x12 images of a single
-colour. The colour identifies the row, so a test can check that a sample got
-its own image. Each builder returns a :class:`Written` describing the rows and
-the samples the harness should make of them.
+Each ``build_*`` function writes, under ``data_dir/<hub id>/``, the repository
+as the hub holds it: the same file names and folders, the README's YAML header
+(``dataset_info`` features and ``configs:`` in the real order, with the real
+``data_files`` patterns), the same column names, order and Arrow types, and the
+files that no task reads (other configs, archives, ``.gitattributes``), so that
+a loader that reads more than its own part's files fails here as it would on
+the hub. Rows are few, with 16x12 images of one colour that identifies the row.
+Each builder returns a :class:`Written` with the rows and the samples the
+harness should make of them.
 
-These are helpers for tests, not tests.
+:func:`copy_repository` applies a task's allow-patterns the way
+``huggingface_hub.snapshot_download`` does, for partial copies and a fake hub.
+
+Where a repository's layout could not be checked from public sources, the
+builder's docstring says which part is inferred. These are helpers for tests,
+not tests.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import datasets
+import yaml
 from PIL import Image
 
 IMAGE_SIZE = (16, 12)  # width, height
@@ -32,6 +44,10 @@ REALWORLDQA = "xai-org/RealworldQA"
 REALWORLDQA_MIRROR = "nirajandhakal/realworldqa"
 GRIT = "yfan1997/GRIT_data"
 COUNTBENCH = "vikhyatk/CountBenchQA"
+GQA = "lmms-lab/GQA"
+TALLYQA = "snowclipsed/TallyQA"
+
+GITATTRIBUTES = "*.parquet filter=lfs diff=lfs merge=lfs -text\n*.zip filter=lfs diff=lfs merge=lfs -text\n"
 
 
 # --------------------------------------------------------------------------- images
@@ -81,11 +97,24 @@ class Written:
     expected: dict[str, list[Expected]] = field(default_factory=dict)  # split or config -> samples
 
 
+# --------------------------------------------------------------------------- writers
+
 def write_parquet(root: Path, relative: str, columns: dict[str, list], features: datasets.Features) -> str:
     target = root / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_dict(columns, features=features).to_parquet(str(target))
     return relative
+
+
+def write_shards(root: Path, pattern: str, columns: dict[str, list], features: datasets.Features,
+                 shards: int = 1, first: int = 0) -> list[str]:
+    """Rows split over ``shards`` files named like ``push_to_hub`` does (``pattern`` holds
+    ``{index}`` and ``{count}``, five digits each); ``first=1`` numbers them from 1."""
+    count = len(next(iter(columns.values())))
+    bounds = [count * i // shards for i in range(shards + 1)]
+    return [write_parquet(root, pattern.format(index=f"{first + i:05d}", count=f"{shards:05d}"),
+                          {k: v[bounds[i]:bounds[i + 1]] for k, v in columns.items()}, features)
+            for i in range(shards)]
 
 
 def write_jsonl(root: Path, relative: str, rows: Iterable[dict]) -> str:
@@ -104,10 +133,62 @@ def write_image_file(root: Path, relative: str, rgb: tuple[int, int, int], fmt: 
     return relative
 
 
+def write_text(root: Path, relative: str, text: str) -> str:
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    return relative
+
+
+def features_yaml(features: datasets.Features, legacy_lists: bool = False) -> list[dict]:
+    """The ``features:`` list a README carries; ``legacy_lists`` writes ``sequence:`` as older
+    ``push_to_hub`` versions did (BLINK's card)."""
+    listed = features._to_yaml_list()
+    if legacy_lists:
+        for entry in listed:
+            if "list" in entry and isinstance(entry["list"], str):
+                entry["sequence"] = entry.pop("list")
+    return listed
+
+
+def card(header: dict[str, Any], title: str) -> str:
+    """A README: the YAML header, then a title line."""
+    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n# " + title + "\n"
+
+
+def data_files(config: str, splits: Iterable[str], folder: str | None = None) -> dict[str, Any]:
+    folder = folder or config
+    return {"config_name": config, "data_files": [{"split": s, "path": f"{folder}/{s}-*"} for s in splits]}
+
+
 def _strip_images(columns: dict[str, list], image_columns: Iterable[str]) -> list[dict[str, Any]]:
     names = [c for c in columns if c not in set(image_columns)]
     count = len(next(iter(columns.values())))
     return [{name: columns[name][i] for name in names} for i in range(count)]
+
+
+def _start(data_dir: Path, path: str) -> Written:
+    root = Path(data_dir) / path
+    return Written(root, [write_text(root, ".gitattributes", GITATTRIBUTES)])
+
+
+# --------------------------------------------------------------------------- partial copies
+
+def repository_files(root: Path) -> list[str]:
+    """Every file of a copy, relative to it (a hub repository listing)."""
+    return sorted(p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file())
+
+
+def copy_repository(source: Path, target: Path, allow_patterns: list[str] | None) -> list[str]:
+    """Copy the files ``snapshot_download(allow_patterns=...)`` would fetch; returns them."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    chosen = list(filter_repo_objects(repository_files(source), allow_patterns=allow_patterns))
+    for relative in chosen:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relative, target / relative)
+    target.mkdir(parents=True, exist_ok=True)
+    return chosen
 
 
 # --------------------------------------------------------------------------- Omni3D-Bench
@@ -139,8 +220,15 @@ def omni3d_image_index(row: int) -> int:
 
 
 def build_omni3d(data_dir: Path, n_rows: int = 110) -> Written:
-    """``data/train-00000-of-00001.parquet``; rows 0-99 are the paper's test rows."""
-    root = Path(data_dir) / OMNI3D
+    """``data/train-00000-of-00001.parquet`` (rows 0-99 are the paper's test rows), the
+    ``omni3d-bench.zip`` archive of images and annotations beside it, and a README.
+
+    Checked: the file list (README.md, data/, omni3d-bench.zip), split ``train``,
+    the column names. Inferred: the README's ``configs:`` entry and the integer
+    width of ``image_index``/``q_index``.
+    """
+    written = _start(data_dir, OMNI3D)
+    root = written.root
     columns: dict[str, list] = {name: [] for name in OMNI3D_FEATURES}
     expected = []
     for row in range(n_rows):
@@ -159,8 +247,20 @@ def build_omni3d(data_dir: Path, n_rows: int = 110) -> Written:
             id=str(row), question=question, answer=gold_value, answer_type=answer_type,
             colour=colour(image_index), cluster=str(image_index), subset="train", compat_gold=answer,
         ))
-    files = [write_parquet(root, "data/train-00000-of-00001.parquet", columns, OMNI3D_FEATURES)]
-    return Written(root, files, {"train": _strip_images(columns, ["image"])}, {"train": expected})
+    written.files += write_shards(root, "data/train-{index}-of-{count}.parquet", columns, OMNI3D_FEATURES)
+    archive = root / "omni3d-bench.zip"
+    with zipfile.ZipFile(archive, "w") as handle:  # images and JSON annotations, read by no task
+        handle.writestr("omni3d-bench/annotations.json", json.dumps({"questions": []}))
+    written.files.append(archive.name)
+    written.files.append(write_text(root, "README.md", card({
+        "license": "cc-by-nc-4.0", "task_categories": ["visual-question-answering"],
+        "dataset_info": {"features": features_yaml(OMNI3D_FEATURES),
+                         "splits": [{"name": "train", "num_bytes": 1024, "num_examples": n_rows}]},
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    }, "Omni3D-Bench")))
+    written.rows["train"] = _strip_images(columns, ["image"])
+    written.expected["train"] = expected
+    return written
 
 
 # --------------------------------------------------------------------------- RoboSpatial-Home
@@ -175,6 +275,12 @@ ROBOSPATIAL_FEATURES = datasets.Features({
 })
 
 _ROBOSPATIAL_ROWS = {
+    "context": [
+        ("In the image, there is a sofa. Pinpoint several points within the vacant space to the left of the sofa.",
+         "[(0.12, 0.43), (0.15, 0.47), (0.18, 0.52)]", None),
+        ("In the image, there is a table. Pinpoint several points within the vacant space in front of the table.",
+         "[(0.61, 0.8), (0.66, 0.82)]", None),
+    ],
     "compatibility": [
         ("Can the mug fit on the shelf to the left of the plant?", "Yes", "yes"),
         ("Can the laundry basket fit under the desk?", "No", "no"),
@@ -185,19 +291,19 @@ _ROBOSPATIAL_ROWS = {
         ("Is the cup in front of the laptop?", "Yes", "yes"),
         ("Is the pillow behind the blanket?", "No", "no"),
     ],
-    "context": [
-        ("In the image, there is a sofa. Pinpoint several points within the vacant space to the left of the sofa.",
-         "[(0.12, 0.43), (0.15, 0.47), (0.18, 0.52)]", None),
-        ("In the image, there is a table. Pinpoint several points within the vacant space in front of the table.",
-         "[(0.61, 0.8), (0.66, 0.82)]", None),
-    ],
 }
 
 
 def build_robospatial(data_dir: Path) -> Written:
-    """Three splits, one parquet file each; images in ``img``, plus ``depth`` and ``mask`` images."""
-    root = Path(data_dir) / ROBOSPATIAL
-    written = Written(root, [])
+    """One config with three splits, ``data/<split>-00000-of-00001.parquet`` each; images in
+    ``img``, plus ``depth`` and ``mask`` images.
+
+    Checked: the split names and sizes (105/123/122), the file pattern
+    ``data/<split>-*.parquet`` (lmms-eval reads it), the column names.
+    Inferred: the column order and the order of the splits in the README.
+    """
+    written = _start(data_dir, ROBOSPATIAL)
+    root = written.root
     n = 80  # colours distinct from the other fixtures'
     for split, rows in _ROBOSPATIAL_ROWS.items():
         columns: dict[str, list] = {name: [] for name in ROBOSPATIAL_FEATURES}
@@ -212,10 +318,18 @@ def build_robospatial(data_dir: Path) -> Written:
             expected.append(Expected(id=f"{split}/{index}", question=question, answer=gold, answer_type="yesno",
                                      colour=colour(n), subset=split, compat_gold=gold))
             n += 1
-        written.files.append(write_parquet(root, f"data/{split}-00000-of-00001.parquet", columns,
-                                            ROBOSPATIAL_FEATURES))
+        written.files += write_shards(root, f"data/{split}-{{index}}-of-{{count}}.parquet", columns,
+                                      ROBOSPATIAL_FEATURES)
         written.rows[split] = _strip_images(columns, ["img", "depth", "mask"])
         written.expected[split] = expected
+    written.files.append(write_text(root, "README.md", card({
+        "license": "apache-2.0",
+        "dataset_info": {"features": features_yaml(ROBOSPATIAL_FEATURES),
+                         "splits": [{"name": s, "num_bytes": 1024, "num_examples": len(r)}
+                                    for s, r in _ROBOSPATIAL_ROWS.items()]},
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"data/{s}-*"} for s in _ROBOSPATIAL_ROWS]}],
+    }, "RoboSpatial-Home")))
     return written
 
 
@@ -235,6 +349,12 @@ BLINK_FEATURES = datasets.Features({
     "explanation": datasets.Value("string"),
 })
 
+# The fourteen configs, in the order the README declares them (Art_Style first).
+BLINK_ALL_CONFIGS = ("Art_Style", "Counting", "Forensic_Detection", "Functional_Correspondence", "IQ_Test", "Jigsaw",
+                     "Multi-view_Reasoning", "Object_Localization", "Relative_Depth", "Relative_Reflectance",
+                     "Semantic_Correspondence", "Spatial_Relation", "Visual_Correspondence", "Visual_Similarity")
+BLINK_CONFIGS = ("Counting", "Spatial_Relation")  # the ones the tasks read
+
 # config -> (question, choices, answer, expected question as asked, expected gold)
 _BLINK_ROWS = {
     "Counting": [
@@ -252,15 +372,8 @@ _BLINK_ROWS = {
         ("Is the bowl touching the spoon?", ["yes", "no"], "(B)",
          "Is the bowl touching the spoon? Options: {yes,no}.", "no"),
     ],
-    "Art_Style": [  # not read by any task
-        ("Which image shares the style of the reference image?", ["the first image", "the second image"], "(A)",
-         None, None),
-        ("Which image shares the style of the reference image?", ["the first image", "the second image"], "(B)",
-         None, None),
-    ],
 }
-
-BLINK_CONFIGS = ("Counting", "Spatial_Relation")
+_BLINK_OTHER = ("Which image is the odd one out?", ["the first image", "the second image"], "(A)", None, None)
 
 
 def _blink_prompt(question: str, choices: list[str]) -> str:
@@ -269,44 +382,25 @@ def _blink_prompt(question: str, choices: list[str]) -> str:
     return question + "\nSelect from the following choices.\n" + "\n".join(lines)
 
 
-def _blink_readme(configs: Iterable[str], splits: Iterable[str]) -> str:
-    splits = list(splits)
-    lines = ["---", "license: apache-2.0", "dataset_info:"]
-    for config in configs:
-        lines += [f"- config_name: {config}", "  features:",
-                  "  - name: idx", "    dtype: string",
-                  "  - name: question", "    dtype: string",
-                  "  - name: sub_task", "    dtype: string"]
-        for i in range(1, 5):
-            lines += [f"  - name: image_{i}", "    dtype: image"]
-        lines += ["  - name: choices", "    list: string",
-                  "  - name: answer", "    dtype: string",
-                  "  - name: prompt", "    dtype: string",
-                  "  - name: explanation", "    dtype: string"]
-    lines.append("configs:")
-    for config in configs:
-        lines += [f"- config_name: {config}", "  data_files:"]
-        for split in splits:
-            lines += [f"  - split: {split}", f"    path: {config}/{split}-*"]
-    lines += ["---", "", "# BLINK: Multimodal Large Language Models Can See but Not Perceive", ""]
-    return "\n".join(lines)
-
-
 def build_blink(data_dir: Path) -> Written:
-    """One folder per config with val and test parquet files, and a README declaring the configs.
+    """One folder per config (all fourteen) with ``val`` and ``test`` parquet files, and a README
+    declaring them in its order, ``Art_Style`` first, with ``choices`` as ``sequence: string``.
 
     The test split keeps its answers hidden (empty), as in the real release.
+    Checked: the file names, the config order, the columns and their order.
     """
-    root = Path(data_dir) / BLINK
-    written = Written(root, [])
+    written = _start(data_dir, BLINK)
+    root = written.root
     n = 50  # colours distinct from the other fixtures'
-    for config, rows in _BLINK_ROWS.items():
+    infos, configs = [], []
+    for config in BLINK_ALL_CONFIGS:
+        rows = _BLINK_ROWS.get(config, [_BLINK_OTHER])
         for split in ("val", "test"):
             columns: dict[str, list] = {name: [] for name in BLINK_FEATURES}
             expected = []
             for number, (question, choices, answer, asked, gold) in enumerate(rows, start=1):
                 idx = f"{split}_{config}_{number}"
-                two_images = config == "Art_Style"
+                two_images = config not in _BLINK_ROWS
                 columns["idx"].append(idx)
                 columns["question"].append(question)
                 columns["sub_task"].append(config)
@@ -322,14 +416,19 @@ def build_blink(data_dir: Path) -> Written:
                     expected.append(Expected(id=idx, question=asked, answer=gold, answer_type="multiple_choice",
                                              colour=colour(n), choices=list(choices), subset=config,
                                              compat_gold=gold))
-                n += 1
-            written.files.append(write_parquet(root, f"{config}/{split}-00000-of-00001.parquet", columns,
-                                                BLINK_FEATURES))
+                n += 1 if config in _BLINK_ROWS else 0
+            written.files += write_shards(root, f"{config}/{split}-{{index}}-of-{{count}}.parquet", columns,
+                                          BLINK_FEATURES)
             if split == "val":
                 written.rows[config] = _strip_images(columns, ["image_1", "image_2", "image_3", "image_4"])
                 written.expected[config] = expected
-    (root / "README.md").write_text(_blink_readme(_BLINK_ROWS, ("val", "test")), encoding="utf-8")
-    written.files.append("README.md")
+        infos.append({"config_name": config, "features": features_yaml(BLINK_FEATURES, legacy_lists=True),
+                      "splits": [{"name": "val", "num_bytes": 1024, "num_examples": len(rows)},
+                                 {"name": "test", "num_bytes": 1024, "num_examples": len(rows)}]})
+        configs.append(data_files(config, ("val", "test")))
+    written.files.append(write_text(root, "README.md", card(
+        {"license": "apache-2.0", "dataset_info": infos, "configs": configs},
+        "BLINK: Multimodal Large Language Models Can See but Not Perceive")))
     return written
 
 
@@ -370,15 +469,23 @@ def vsr_link(coco_id: int) -> str:
 
 
 def build_vsr(data_dir: Path, path: str = VSR_ZEROSHOT, with_images: bool = True) -> Written:
-    """``train/dev/test.jsonl``; COCO images (not in the repository) copied into ``images/``."""
-    root = Path(data_dir) / path
-    written = Written(root, [])
+    """``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` beside a README without ``configs:``;
+    the COCO images (not in the repository) copied into ``images/``.
+
+    Checked: the file list and the row format of VSR's own release (image,
+    image_link, caption, label, relation, annotator_id and the two validator id
+    lists, which may be empty).
+    """
+    written = _start(data_dir, path)
+    root = written.root
     for split, rows in _VSR_ROWS[path].items():
         lines, expected = [], []
         for index, (coco_id, caption, label, relation) in enumerate(rows):
             name = vsr_file_name(coco_id)
-            lines.append({"image": name, "image_link": vsr_link(coco_id), "caption": caption,
-                          "label": label, "relation": relation})
+            lines.append({"image": name, "image_link": vsr_link(coco_id), "caption": caption, "label": label,
+                          "relation": relation, "annotator_id": 3 + index,
+                          "vote_true_validator_id": [2, 6] if label else [],
+                          "vote_false_validator_id": [] if label else [1, 4]})
             rgb = colour(coco_id % 251)
             if with_images and not (root / "images" / name).exists():
                 written.files.append(write_image_file(root, f"images/{name}", rgb))
@@ -388,6 +495,10 @@ def build_vsr(data_dir: Path, path: str = VSR_ZEROSHOT, with_images: bool = True
         written.files.append(write_jsonl(root, f"{split}.jsonl", lines))
         written.rows[split] = lines
         written.expected[split] = expected
+    written.files.append(write_text(root, "README.md", card({
+        "license": "cc-by-4.0", "task_categories": ["text-classification", "question-answering"],
+        "language": ["en"], "tags": ["multimodal", "vision-and-language"],
+    }, "VSR: Visual Spatial Reasoning")))
     return written
 
 
@@ -418,58 +529,108 @@ REALWORLDQA_FEATURES = datasets.Features({
     "question": datasets.Value("string"),
     "answer": datasets.Value("string"),
 })
+# The mirror's README lists the same columns in another order.
+REALWORLDQA_MIRROR_FEATURES = datasets.Features({
+    "question": datasets.Value("string"),
+    "answer": datasets.Value("string"),
+    "image": datasets.Image(),
+})
 
 
-def build_realworldqa(data_dir: Path, path: str = REALWORLDQA) -> Written:
-    """``data/test-00000-of-00001.parquet`` with image, question, answer (the mirror has the same files)."""
-    root = Path(data_dir) / path
-    columns: dict[str, list] = {name: [] for name in REALWORLDQA_FEATURES}
-    expected = []
+def build_realworldqa(data_dir: Path, path: str = REALWORLDQA, split: str = "test") -> Written:
+    """The official release: ``data/test-00000-of-00002.parquet`` and ``-00001-of-00002``, a README
+    declaring split ``test`` (``split="test_0412"`` writes the earlier revision, whose card and
+    files named the split ``test_0412``). ``path=REALWORLDQA_MIRROR`` writes the mirror the paper
+    read: shards numbered from 1 (``test-00001-of-00002``, ``test-00002-of-00002``), columns
+    question, answer, image, and an ``images/`` folder and ``annotations.json`` beside ``data/``.
+
+    Checked: file names, split names, column order of both cards. Inferred:
+    the mirror's image file names and annotation format.
+    """
+    written = _start(data_dir, path)
+    root = written.root
+    mirror = path == REALWORLDQA_MIRROR
+    features = REALWORLDQA_MIRROR_FEATURES if mirror else REALWORLDQA_FEATURES
+    columns: dict[str, list] = {name: [] for name in features}
+    expected, annotations = [], []
     for index, (question, answer, asked, gold, answer_type, choices) in enumerate(_RWQA_ROWS):
         rgb = colour(100 + index)
         columns["image"].append(arrow_image(rgb, path=f"{index}.png"))
         columns["question"].append(question)
         columns["answer"].append(answer)
+        annotations.append({"image": f"images/{index}.png", "question": question, "answer": answer})
         expected.append(Expected(id=str(index), question=asked, answer=gold, answer_type=answer_type, colour=rgb,
-                                 choices=choices, subset="test", compat_gold=gold))
-    files = [write_parquet(root, "data/test-00000-of-00001.parquet", columns, REALWORLDQA_FEATURES)]
-    return Written(root, files, {"test": _strip_images(columns, ["image"])}, {"test": expected})
+                                 choices=choices, subset=split, compat_gold=gold))
+    written.files += write_shards(root, f"data/{split}-{{index}}-of-{{count}}.parquet", columns, features, shards=2,
+                                  first=1 if mirror else 0)
+    if mirror:
+        for index in range(len(_RWQA_ROWS)):
+            written.files.append(write_image_file(root, f"images/{index}.png", colour(100 + index), fmt="PNG"))
+        written.files.append(write_text(root, "annotations.json", json.dumps(annotations)))
+    written.files.append(write_text(root, "README.md", card({
+        "license": "cc-by-nd-4.0",
+        "dataset_info": {"features": features_yaml(features),
+                         "splits": [{"name": split, "num_bytes": 1024, "num_examples": len(_RWQA_ROWS)}]},
+        "configs": [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"}]}],
+    }, "RealWorldQA")))
+    written.rows[split] = _strip_images(columns, ["image"])
+    written.expected[split] = expected
+    return written
 
 
 # --------------------------------------------------------------------------- GRIT (GQA and TallyQA)
 
-# (image, question, answer, gold)
+# (image field, question, answer, gold)
 _GQA_ROWS = [
-    ("2354786.jpg", "Is the sky dark?", "yes", "yes"),
-    ("2354786.jpg", "What is the man to the left of the bus wearing?", "jacket", "jacket"),
-    ("2375429.jpg", "Which side of the photo is the lamp on?", "left", "left"),
+    ("images/2354786.jpg", "Is the sky dark?", "yes", "yes"),
+    ("images/2354786.jpg", "What is the man to the left of the bus wearing?", "jacket", "jacket"),
+    ("images/2375429.jpg", "Which side of the photo is the lamp on?", "left", "left"),
 ]
 _TALLYQA_ROWS = [
     ("VG_100K_2/2410281.jpg", "How many zebras are there?", 3, 3),
     ("VG_100K/2331065.jpg", "How many people are wearing hats?", 0, 0),
     ("VG_100K/2331065.jpg", "How many umbrellas are there?", 2, 2),
 ]
+GRIT_IMAGE_FOLDER = {"gqa": "gqa", "tallyqa": "tallyqa"}  # where GRIT's layout puts each set's images
 
 
 def build_grit(data_dir: Path, with_images: bool = True) -> Written:
-    """``gqa_val.jsonl`` and ``tallyqa_val.jsonl``; Visual Genome images under ``gqa/`` and ``tallyqa/``."""
-    root = Path(data_dir) / GRIT
-    written = Written(root, [])
-    for name, rows, folder, answer_type, base in (("gqa", _GQA_ROWS, "gqa", "open", 150),
-                                                  ("tallyqa", _TALLYQA_ROWS, "tallyqa", "integer", 170)):
+    """The annotation files at the repository root (``gqa_val.jsonl``, ``tallyqa_val.jsonl`` and
+    others no task reads) and a README; with ``with_images``, the Visual Genome images placed as
+    GRIT's layout expects (``gqa/images/<id>.jpg``, ``tallyqa/VG_100K{,_2}/<id>.jpg``): they are
+    not in the repository.
+
+    Checked: file names; GQA's ``image`` field is ``images/<id>.jpg``, relative
+    to the ``gqa`` image folder (GRIT's loaders and its evaluation scripts join
+    ``GRIT_data/gqa`` with it); the fields question, answer, image, width,
+    height, bboxs, dataset, split. Inferred: whether every TallyQA ``image``
+    carries its ``VG_100K``/``VG_100K_2`` folder, and the README (no configs).
+    """
+    written = _start(data_dir, GRIT)
+    root = written.root
+    for name, rows, answer_type, base in (("gqa", _GQA_ROWS, "open", 150), ("tallyqa", _TALLYQA_ROWS, "integer", 170)):
         lines, expected = [], []
         for index, (image, question, answer, gold) in enumerate(rows):
             rgb = colour(base + sorted({r[0] for r in rows}).index(image))
             lines.append({"question": question, "answer": answer, "image": image, "width": 500, "height": 375,
                           "bboxs": [[12, 40, 118, 201], [230, 60, 310, 190]][: 1 + index % 2],
                           "dataset": name, "split": "val"})
-            if with_images and not (root / folder / image).exists():
-                written.files.append(write_image_file(root, f"{folder}/{image}", rgb))
+            target = f"{GRIT_IMAGE_FOLDER[name]}/{image}"
+            if with_images and not (root / target).exists():
+                written.files.append(write_image_file(root, target, rgb))
             expected.append(Expected(id=str(index), question=question, answer=gold, answer_type=answer_type,
                                      colour=rgb, cluster=image, subset=name, compat_gold=answer))
         written.files.append(write_jsonl(root, f"{name}_val.jsonl", lines))
         written.rows[name] = lines
         written.expected[name] = expected
+    written.files.append(write_jsonl(root, "vsr_val.jsonl", [
+        {"question": "Is the cat on the bed?", "answer": "yes", "image": "000000085637.jpg", "width": 640,
+         "height": 480, "bboxs": [], "dataset": "vsr", "split": "val"}]))
+    written.files.append(write_jsonl(root, "tallyqa_train_10.jsonl", [
+        {"question": "How many dogs are there?", "answer": 1, "image": "VG_100K/1.jpg", "width": 500,
+         "height": 375, "bboxs": [[1, 2, 3, 4]], "dataset": "tallyqa", "split": "train"}]))
+    written.files.append(write_text(root, "README.md", "# GRIT data\n\nAnnotations; download the images "
+                                                       "separately.\n"))
     return written
 
 
@@ -479,7 +640,7 @@ COUNTBENCH_FEATURES = datasets.Features({
     "image": datasets.Image(),
     "text": datasets.Value("string"),
     "question": datasets.Value("string"),
-    "number": datasets.Value("int64"),
+    "number": datasets.Value("int32"),
 })
 
 # (caption, question, number, image mode)
@@ -491,8 +652,10 @@ _COUNTBENCH_ROWS = [
 
 
 def build_countbench(data_dir: Path) -> Written:
-    """``data/test-00000-of-00001.parquet``; one image is grayscale, as some web images are."""
-    root = Path(data_dir) / COUNTBENCH
+    """``data/test-00000-of-00001.parquet`` and the card declaring ``number`` as int32; one image is
+    grayscale, as some web images are. Checked: the whole card."""
+    written = _start(data_dir, COUNTBENCH)
+    root = written.root
     columns: dict[str, list] = {name: [] for name in COUNTBENCH_FEATURES}
     expected = []
     for index, (text, question, number, mode) in enumerate(_COUNTBENCH_ROWS):
@@ -503,30 +666,174 @@ def build_countbench(data_dir: Path) -> Written:
         columns["number"].append(number)
         expected.append(Expected(id=str(index), question=question, answer=number, answer_type="integer",
                                  colour=rgb, subset="test", compat_gold=number))
-    files = [write_parquet(root, "data/test-00000-of-00001.parquet", columns, COUNTBENCH_FEATURES)]
-    return Written(root, files, {"test": _strip_images(columns, ["image"])}, {"test": expected})
+    written.files += write_shards(root, "data/test-{index}-of-{count}.parquet", columns, COUNTBENCH_FEATURES)
+    written.files.append(write_text(root, "README.md", card({
+        "dataset_info": {"features": features_yaml(COUNTBENCH_FEATURES),
+                         "splits": [{"name": "test", "num_bytes": 1024, "num_examples": len(_COUNTBENCH_ROWS)}]},
+        "configs": [{"config_name": "default", "data_files": [{"split": "test", "path": "data/test-*"}]}],
+    }, "CountBenchQA")))
+    written.rows["test"] = _strip_images(columns, ["image"])
+    written.expected["test"] = expected
+    return written
+
+
+# --------------------------------------------------------------------------- lmms-lab/GQA (training)
+
+GQA_IMAGES_FEATURES = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+_ID_VALUE = datasets.List({"objectId": datasets.Value("string"), "value": datasets.Value("string")})
+GQA_INSTRUCTIONS_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "imageId": datasets.Value("string"),
+    "question": datasets.Value("string"),
+    "answer": datasets.Value("string"),
+    "fullAnswer": datasets.Value("string"),
+    "isBalanced": datasets.Value("bool"),
+    "groups": {"global": datasets.Value("string"), "local": datasets.Value("string")},
+    "entailed": datasets.Value("string"),
+    "equivalent": datasets.Value("string"),
+    "types": {"structural": datasets.Value("string"), "semantic": datasets.Value("string"),
+              "detailed": datasets.Value("string")},
+    "annotations": {"question": _ID_VALUE, "answer": _ID_VALUE, "fullAnswer": _ID_VALUE},
+    "semantic": datasets.List({"operation": datasets.Value("string"), "argument": datasets.Value("string"),
+                               "dependencies": datasets.List(datasets.Value("int32"))}),
+    "semanticStr": datasets.Value("string"),
+})
+# The test-time configs carry no answers.
+GQA_QUESTIONS_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "imageId": datasets.Value("string"),
+    "question": datasets.Value("string"),
+    "isBalanced": datasets.Value("bool"),
+})
+GQA_SENTINEL = "SENTINEL-ANSWER"  # every answer holds it; nothing the harness writes may
+
+# (config, split, kind); the README declares configs in this (alphabetical) order, challenge_all_images first
+GQA_CONFIGS = (
+    ("challenge_all_images", "challenge", "images"),
+    ("challenge_all_instructions", "challenge", "questions"),
+    ("testdev_balanced_images", "testdev", "images"),
+    ("testdev_balanced_instructions", "testdev", "instructions"),
+    ("train_balanced_images", "train", "images"),
+    ("train_balanced_instructions", "train", "instructions"),
+)
+# question id -> image id; "999" names no image of the table
+GQA_TRAIN_QUESTIONS = {"q1": "2370", "q2": "2370", "q3": "61", "q4": "999"}
+GQA_TRAIN_IMAGES = ("61", "2370", "5")
+
+
+def gqa_image_colour(image_id: str) -> tuple[int, int, int]:
+    return colour(int(image_id) % 250)
+
+
+def _gqa_instruction(qid: str, image_id: str, question: str) -> dict[str, Any]:
+    return {"id": qid, "imageId": image_id, "question": question, "answer": GQA_SENTINEL,
+            "fullAnswer": f"{GQA_SENTINEL} in full.", "isBalanced": True,
+            "groups": {"global": "", "local": "10c-cup_location"}, "entailed": "['q9']", "equivalent": f"['{qid}']",
+            "types": {"structural": "query", "semantic": "rel", "detailed": "relS"},
+            "annotations": {"question": [{"objectId": "3", "value": "cup"}], "answer": [],
+                            "fullAnswer": [{"objectId": "3", "value": "cup"}]},
+            "semantic": [{"operation": "select", "argument": "cup (3)", "dependencies": []},
+                         {"operation": "relate", "argument": "table,on,s (4)", "dependencies": [0]}],
+            "semanticStr": "select: cup (3)->relate: table,on,s (4) [0]"}
+
+
+def build_gqa_train(data_dir: Path) -> Written:
+    """One folder per config, ``<config>/<split>-0000N-of-0000M.parquet``, and a README declaring
+    them alphabetically (the real card declares about twenty; ``challenge_all_images`` is the first
+    of both). ``train_balanced_images`` has two shards.
+
+    Checked: folder and file names, config order, the images configs' columns
+    (id, image) and the questions-only columns. Inferred: the nested types of
+    ``annotations`` and ``semantic`` in the instructions configs.
+    """
+    written = _start(data_dir, GQA)
+    root = written.root
+    infos, configs = [], []
+    for config, split, kind in GQA_CONFIGS:
+        if kind == "images":
+            ids = GQA_TRAIN_IMAGES if config.startswith("train") else ("7", "8")
+            features = GQA_IMAGES_FEATURES
+            columns = {"id": list(ids), "image": [arrow_image(gqa_image_colour(i), fmt="JPEG") for i in ids]}
+        elif kind == "instructions":
+            questions = GQA_TRAIN_QUESTIONS if config.startswith("train") else {"t1": "7"}
+            features = GQA_INSTRUCTIONS_FEATURES
+            rows = [_gqa_instruction(q, i, f"What is on the table in picture {i} ({q})?") for q, i in questions.items()]
+            columns = {name: [r[name] for r in rows] for name in features}
+        else:
+            features = GQA_QUESTIONS_FEATURES
+            columns = {"id": ["c1"], "imageId": ["7"], "question": ["Is it sunny?"], "isBalanced": [False]}
+        shards = 2 if config == "train_balanced_images" else 1
+        written.files += write_shards(root, f"{config}/{split}-{{index}}-of-{{count}}.parquet", columns, features,
+                                      shards=shards)
+        written.rows[config] = _strip_images(columns, ["image"])
+        infos.append({"config_name": config, "features": features_yaml(features),
+                      "splits": [{"name": split, "num_bytes": 1024, "num_examples": len(columns["id"])}]})
+        configs.append(data_files(config, (split,)))
+    written.files.append(write_text(root, "README.md", card({"license": "mit", "dataset_info": infos,
+                                                              "configs": configs}, "GQA")))
+    return written
+
+
+# --------------------------------------------------------------------------- TallyQA (training)
+
+def build_tallyqa_train(data_dir: Path, base64_images: bool = True) -> Written:
+    """``data/train-00000-of-00001.parquet`` with index, image, question, answer.
+
+    Not checked (no public card was found): everything but the ``image``,
+    ``question`` and ``index`` columns, which the original pipeline read. It
+    handled ``image`` both as an image feature and as base64 text;
+    ``base64_images`` picks which this copy holds.
+    """
+    written = _start(data_dir, TALLYQA)
+    root = written.root
+    image_feature = datasets.Value("string") if base64_images else datasets.Image()
+    features = datasets.Features({"index": datasets.Value("int64"), "image": image_feature,
+                                  "question": datasets.Value("string"), "answer": datasets.Value("int64")})
+    rows = [(11, "How many zebras are there?", 3), (12, "How many people are wearing hats?", 0)]
+    columns: dict[str, list] = {"index": [], "image": [], "question": [], "answer": []}
+    for index, question, answer in rows:
+        encoded = image_bytes(colour(index), "JPEG")
+        columns["index"].append(index)
+        columns["image"].append(base64.b64encode(encoded).decode() if base64_images
+                                else {"bytes": encoded, "path": None})
+        columns["question"].append(question)
+        columns["answer"].append(answer)
+    written.files += write_shards(root, "data/train-{index}-of-{count}.parquet", columns, features)
+    written.files.append(write_text(root, "README.md", card({
+        "dataset_info": {"features": features_yaml(features),
+                         "splits": [{"name": "train", "num_bytes": 1024, "num_examples": 2}]},
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    }, "TallyQA")))
+    written.rows["train"] = _strip_images(columns, ["image"])
+    written.expected["train"] = [Expected(id=str(row), question=q, answer=None, answer_type="none", colour=colour(i),
+                                          subset="train") for row, (i, q, _) in enumerate(rows)]
+    return written
 
 
 # --------------------------------------------------------------------------- everything
 
+BUILDERS = {
+    OMNI3D: build_omni3d,
+    ROBOSPATIAL: build_robospatial,
+    BLINK: build_blink,
+    VSR_ZEROSHOT: lambda d: build_vsr(d, VSR_ZEROSHOT),
+    VSR_RANDOM: lambda d: build_vsr(d, VSR_RANDOM),
+    REALWORLDQA: lambda d: build_realworldqa(d, REALWORLDQA),
+    REALWORLDQA_MIRROR: lambda d: build_realworldqa(d, REALWORLDQA_MIRROR),
+    GRIT: build_grit,
+    COUNTBENCH: build_countbench,
+    GQA: build_gqa_train,
+    TALLYQA: build_tallyqa_train,
+}
+
+
 def build_all(data_dir: Path) -> dict[str, Written]:
     """Every dataset, keyed by hub id."""
-    data_dir = Path(data_dir)
-    return {
-        OMNI3D: build_omni3d(data_dir),
-        ROBOSPATIAL: build_robospatial(data_dir),
-        BLINK: build_blink(data_dir),
-        VSR_ZEROSHOT: build_vsr(data_dir, VSR_ZEROSHOT),
-        VSR_RANDOM: build_vsr(data_dir, VSR_RANDOM),
-        REALWORLDQA: build_realworldqa(data_dir, REALWORLDQA),
-        REALWORLDQA_MIRROR: build_realworldqa(data_dir, REALWORLDQA_MIRROR),
-        GRIT: build_grit(data_dir),
-        COUNTBENCH: build_countbench(data_dir),
-    }
+    return {path: build(Path(data_dir)) for path, build in BUILDERS.items()}
 
 
 def expected_samples(written: dict[str, Written], task: str) -> list[Expected]:
-    """The samples each task should yield from :func:`build_all`'s data, in order."""
+    """The samples each evaluation task should yield from :func:`build_all`'s data, in order."""
     def part(path: str, key: str) -> list[Expected]:
         return written[path].expected[key]
 

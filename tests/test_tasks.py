@@ -291,11 +291,11 @@ def test_grit_tasks(loaded):
         ("What is the man to the left of the bus wearing?", "jacket", "open"),
         ("Which side of the photo is the lamp on?", "left", "open"),
     ]
-    assert [s.cluster for s in gqa] == ["2354786.jpg", "2354786.jpg", "2375429.jpg"]
+    assert [s.cluster for s in gqa] == ["images/2354786.jpg", "images/2354786.jpg", "images/2375429.jpg"]
     assert [s.answer for s in tally] == [3, 0, 2] and all(type(s.answer) is int for s in tally)
     assert {s.subset for s in gqa} == {"gqa"} and {s.subset for s in tally} == {"tallyqa"}
     assert tally[0].image.path.endswith("yfan1997/GRIT_data/tallyqa/VG_100K_2/2410281.jpg")
-    assert gqa[0].image.path.endswith("yfan1997/GRIT_data/gqa/2354786.jpg")
+    assert gqa[0].image.path.endswith("yfan1997/GRIT_data/gqa/images/2354786.jpg")
 
 
 def test_countbenchqa(loaded):
@@ -357,12 +357,12 @@ def test_train_rows_get_their_own_images(loaded):
 
 def test_missing_image_file_names_the_file(registry, tmp_path):
     fx.build_grit(tmp_path)
-    missing = tmp_path / fx.GRIT / "gqa" / "2375429.jpg"
+    missing = tmp_path / fx.GRIT / "gqa" / "images" / "2375429.jpg"
     missing.unlink()
     samples = list(registry.task("gqa", tmp_path).samples())
     assert all(s.error is None for s in samples)  # reading rows does not need the image
     samples[0].image.load()
-    with pytest.raises(ImageError, match="cannot read image file .*gqa/2375429.jpg"):
+    with pytest.raises(ImageError, match="cannot read image file .*gqa/images/2375429.jpg"):
         samples[2].image.load()
 
 
@@ -602,7 +602,9 @@ def test_data_dir_from_the_environment(registry, data_dir, monkeypatch):
 def test_missing_file_in_a_present_dataset_folder(registry, tmp_path):
     fx.build_vsr(tmp_path, fx.VSR_ZEROSHOT)
     (tmp_path / fx.VSR_ZEROSHOT / "dev.jsonl").unlink()
-    with pytest.raises(DatasetUnavailableError, match="task 'vsr': cannot read part 'dev'.*data_files=dev.jsonl"):
+    with pytest.raises(DatasetUnavailableError, match="task 'vsr': cannot read part 'dev' of cambridgeltl/vsr_zeroshot: "
+                                                      ".*vsr_zeroshot/dev.jsonl \\(the task's data_files\\) is "
+                                                      "missing: the copy lacks it"):
         len(registry.task("vsr", tmp_path))
 
 

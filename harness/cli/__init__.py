@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Sequence
 
-from harness.cli import evaluation, grounding, reports, training
+from harness.cli import data, evaluation, grounding, reports, training
 from harness.overrides import OverrideError
 from harness.registry import UnknownNameError
 from harness.runner import RunError
@@ -24,7 +24,7 @@ from harness.tasks import TaskConfigError
 from harness.tasks.sources import DatasetUnavailableError
 from harness.types import ImageError
 
-GROUPS = (evaluation, training, grounding, reports)
+GROUPS = (evaluation, data, training, grounding, reports)
 DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools, train them without labels, "
                "and compare the results with the paper's.")
 

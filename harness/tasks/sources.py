@@ -1,9 +1,12 @@
 """Where a task's rows come from: the Hugging Face hub or a local copy of the same files.
 
-Both paths end in a local folder holding the dataset repository's files (a
-hub snapshot, or ``DATA_DIR/<hub id>`` on an offline machine), read with
-``datasets``. Rows are read in batches without their images; an image is read
-from the memory-mapped Arrow table (or its file) only when a system asks.
+Both paths end in a local folder holding the dataset repository's files (a hub
+snapshot fetched with the task's allow-patterns, or ``DATA_DIR/<hub id>`` on an
+offline machine, whole or partial). Each part is read on its own from the files
+its README config names (:mod:`harness.tasks.layout`), so files the copy lacks
+only matter to the parts that need them. Rows are read in batches without their
+images; an image is read from the memory-mapped Arrow table (or its file) only
+when a system asks. The commit a copy holds is the task's recorded revision.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Iterator
 
 from harness.registry import Registry
 from harness.tasks.config import DatasetPart, DatasetSpec, FieldMap
+from harness.tasks.layout import README, LayoutError, PartFiles, local_revision, part_files
 from harness.types import FileImage, ImageRef, LazyImage, UrlImage
 
 log = logging.getLogger(__name__)
@@ -62,19 +66,25 @@ def image_cache_dir() -> Path:
     return default_cache_dir() / "images"
 
 
-def resolve_dataset_dir(task: str, spec: DatasetSpec, data_dir: Path | None) -> tuple[Path, str]:
-    """The local folder with the dataset's files, and the revision it holds."""
+def _allow_patterns(spec: DatasetSpec) -> list[str] | None:
+    """The task's allow-patterns plus the README, which says which files make each config."""
+    if not spec.hub_files:
+        return None
+    return list(dict.fromkeys([*spec.hub_files, README]))
+
+
+def resolve_dataset_dir(task: str, spec: DatasetSpec, data_dir: Path | None) -> tuple[Path, str | None]:
+    """The local folder with the dataset's files, and the commit it holds (None: a local copy that does not
+    say; see :func:`harness.tasks.layout.local_revision`)."""
     if data_dir is not None:
         local = data_dir / spec.path
         if local.is_dir():
-            return local, "local"
+            return local, None
     try:
         from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(
-            repo_id=spec.path, repo_type="dataset", revision=spec.revision,
-            allow_patterns=list(spec.hub_files) if spec.hub_files else None,
-        )
+        folder = snapshot_download(repo_id=spec.path, repo_type="dataset", revision=spec.revision,
+                                   allow_patterns=_allow_patterns(spec))
     except Exception as exc:
         where = f"{data_dir / spec.path} does not exist and " if data_dir else "no --data-dir / HARNESS_DATA_DIR is set and "
         raise DatasetUnavailableError(
@@ -85,19 +95,81 @@ def resolve_dataset_dir(task: str, spec: DatasetSpec, data_dir: Path | None) -> 
     return Path(folder), Path(folder).name  # snapshot folders are named by commit hash
 
 
-_DATA_SUFFIXES = {".parquet", ".arrow", ".json", ".jsonl", ".csv", ".tsv", ".txt", ".md", ".zip", ".gz", ".tar"}
+@dataclass
+class OfflineCopy:
+    """One dataset repository to copy under the data directory, for the tasks that read it."""
+
+    path: str
+    revision: str | None
+    allow_patterns: list[str] | None  # None: every file
+    tasks: list[str]
 
 
-def _files_fingerprint(root: Path) -> str:
-    """A hash of the path, size and mtime of each data file under ``root`` (image files are skipped)."""
+def offline_copies(specs: dict[str, DatasetSpec]) -> list[OfflineCopy]:
+    """The repositories that tasks (name -> dataset spec of kind ``hub``) read, each once: the union
+    of their allow-patterns (any task that reads the whole repository makes the copy whole)."""
+    copies: dict[str, OfflineCopy] = {}
+    for task, spec in specs.items():
+        patterns = _allow_patterns(spec)
+        copy = copies.get(spec.path)
+        if copy is None:
+            copies[spec.path] = OfflineCopy(spec.path, spec.revision, patterns, [task])
+            continue
+        if copy.revision != spec.revision:
+            raise DatasetUnavailableError(f"tasks {copy.tasks[0]!r} and {task!r} pin different revisions of "
+                                          f"{spec.path} ({copy.revision} and {spec.revision}); one folder under "
+                                          f"the data directory holds one revision")
+        copy.tasks.append(task)
+        if copy.allow_patterns is not None:
+            copy.allow_patterns = (None if patterns is None
+                                   else list(dict.fromkeys([*copy.allow_patterns, *patterns])))
+    return list(copies.values())
+
+
+def download_copy(copy: OfflineCopy, data_dir: Path) -> Path:
+    """Fetch one repository into ``DATA_DIR/<hub id>``; ``huggingface_hub`` records each file's commit
+    beside it, which :func:`harness.tasks.layout.local_revision` reads back."""
+    target = data_dir / copy.path
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id=copy.path, repo_type="dataset", revision=copy.revision,
+                                   allow_patterns=copy.allow_patterns, local_dir=str(target))
+    except Exception as exc:
+        raise DatasetUnavailableError(
+            f"dataset {copy.path!r} (tasks {', '.join(copy.tasks)}): the hub download into {target} failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    return Path(folder)
+
+
+def load_part(task: str, spec: DatasetSpec, root: Path, split: str, config: str | None, data_files: str | None,
+              label: str) -> tuple[Any, PartFiles]:
+    """One config/split read on its own, whatever else the copy holds or lacks."""
+    import datasets
+
+    try:
+        found = part_files(root, split, config, data_files)
+    except LayoutError as exc:
+        raise DatasetUnavailableError(f"task {task!r}: cannot read {label} of {spec.path}: {exc}") from None
+    # The Arrow cache is keyed by these files' names, sizes and times, so a copy changed in place or
+    # another copy of the same files is never read from a stale cache.
+    cache_dir = str(Path(datasets.config.HF_DATASETS_CACHE) / "by-content" / _files_fingerprint(found.files))
+    try:
+        table = datasets.load_dataset(found.module, data_files={split: list(found.files)}, split=split,
+                                      features=found.features, cache_dir=cache_dir, **found.builder_kwargs)
+    except Exception as exc:
+        raise DatasetUnavailableError(
+            f"task {task!r}: cannot read {label} ({found.where}, {len(found.files)} {found.module} file(s) under "
+            f"{root}) of {spec.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return table, found
+
+
+def _files_fingerprint(files: tuple[str, ...]) -> str:
+    """A hash of the path, size and mtime of each file."""
     digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(folder, name)
-            if path.suffix.lower() in _DATA_SUFFIXES:
-                stat = path.stat()
-                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for file in files:
+        stat = os.stat(file)
+        digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -131,19 +203,15 @@ class JoinedImages:
     the image is asked for.
     """
 
-    def __init__(self, task: str, spec: DatasetSpec, root: Path, cache_dir: str) -> None:
+    def __init__(self, task: str, spec: DatasetSpec, root: Path) -> None:
         import datasets
 
         self.spec = spec
         self.table_spec = table_spec = spec.image_table
         self.root = root
-        data_files = {table_spec.split: table_spec.data_files} if table_spec.data_files else None
         self.where = f"{spec.path} image table (config={table_spec.config}, split={table_spec.split})"
-        try:
-            table = datasets.load_dataset(str(root), name=table_spec.config, data_files=data_files,
-                                          split=table_spec.split, cache_dir=cache_dir)
-        except Exception as exc:
-            raise DatasetUnavailableError(f"task {task!r}: cannot read the {self.where} from {root}: {exc}") from exc
+        table, self.part = load_part(task, spec, root, table_spec.split, table_spec.config, table_spec.data_files,
+                                     "the image table")
         for column in (table_spec.key, table_spec.image):
             if column not in table.column_names:
                 raise DatasetUnavailableError(f"task {task!r}: the {self.where} has no column {column!r}; "
@@ -179,6 +247,17 @@ class JoinedImages:
                          name=self._names[row])
 
 
+def _base64_image(text: str) -> bytes:
+    """A column that holds each image as base64 text (TSV-style exports)."""
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"the image column does not hold base64 text ({exc})") from None
+
+
 def _missing_image(origin: str) -> bytes:
     raise ValueError(f"no image with {origin}")
 
@@ -189,28 +268,28 @@ SOURCES.register("synthetic", "harness.synthetic.source:SyntheticSource")
 @SOURCES.register("hub")
 class HubSource(Source):
     def __init__(self, task: str, spec: DatasetSpec, fields: FieldMap, data_dir: Path | None) -> None:
-        import datasets
-
         self.spec = spec
         self.fields = fields
-        self.root, self.revision = resolve_dataset_dir(task, spec, data_dir)
+        self.root, hub_revision = resolve_dataset_dir(task, spec, data_dir)
         self._parts: list[tuple[DatasetPart, Any]] = []
-        # datasets keys its cache of a folder whose README declares configs (BLINK) by the README
-        # alone, so another copy or revision of the files would be read from the stale cache.
-        cache_dir = str(Path(datasets.config.HF_DATASETS_CACHE) / "by-content" / _files_fingerprint(self.root))
+        files: list[str] = []
         for part in spec.parts:
-            data_files = {part.split: part.data_files} if part.data_files else None
-            try:
-                table = datasets.load_dataset(str(self.root), name=part.config, data_files=data_files,
-                                              split=part.split, cache_dir=cache_dir)
-            except Exception as exc:
-                raise DatasetUnavailableError(
-                    f"task {task!r}: cannot read part {part.label!r} (config={part.config}, split={part.split}, "
-                    f"data_files={part.data_files}) of {spec.path} from {self.root}: {exc}"
-                ) from exc
+            table, found = load_part(task, spec, self.root, part.split, part.config, part.data_files,
+                                     f"part {part.label!r}")
             self._parts.append((part, table))
+            files += found.files
         self._length = sum(len(t) for _, t in self._parts)
-        self._joined = JoinedImages(task, spec, self.root, cache_dir) if spec.image_table is not None else None
+        self._joined = JoinedImages(task, spec, self.root) if spec.image_table is not None else None
+        if self._joined is not None:
+            files += self._joined.part.files
+        self.revision = hub_revision or self._local_revision(task, files)
+
+    def _local_revision(self, task: str, files: list[str]) -> str:
+        found = local_revision(self.root, files)
+        if found is not None and self.spec.revision is not None and found != self.spec.revision:
+            log.warning("task %s: %s holds revision %s, not the pinned %s; the results record %s", task, self.root,
+                        found, self.spec.revision, found)
+        return found or "local"
 
     def __len__(self) -> int:
         return self._length
@@ -263,6 +342,8 @@ class HubSource(Source):
             return LazyImage(partial(_arrow_image_bytes, images, position, column, self.root), origin,
                              name=stored_name)
         name = data.get(column) if column else None
+        if name and self.spec.options.get("image_encoding") == "base64":
+            return LazyImage(partial(_base64_image, name), origin)
         local = str(self.root / (self.spec.image_root or "") / name) if name else None
         url = data.get(self.fields.image_url) if self.fields.image_url else None
         if url:
