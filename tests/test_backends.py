@@ -75,22 +75,23 @@ def test_vqa_request_carries_the_crop_and_the_rules(server):
     assert tool.answer(image, [50, 20, 90, 60], "What colour is this object?") == "red"
 
     request = server.requests[0]
-    assert request["path"] == "/v1/chat/completions"
+    # the paper's model and API (Responses, medium reasoning), and no temperature: reasoning
+    # models accept only their default
+    assert request["path"] == "/v1/responses"
     assert request["headers"]["authorization"] == "Bearer sk-test-key"
     body = request["body"]
-    # the paper's model, and no temperature: reasoning models accept only their default
-    assert body["model"] == "gpt-5-mini"
+    assert body["model"] == "gpt-5-mini" and body["reasoning"] == {"effort": "medium"}
     assert "temperature" not in body
-    [message] = body["messages"]
+    [message] = body["input"]
     assert message["role"] == "user"
     image_part, text_part = message["content"]
-    assert image_part["type"] == "image_url"
-    sent = decode_data_uri(image_part["image_url"]["url"])
+    assert image_part["type"] == "input_image"
+    sent = decode_data_uri(image_part["image_url"])
     # box 40 x 40 padded by 10 on each side -> (40, 10, 100, 70)
     assert sent.size == (60, 60)
     assert sent.convert("RGB").tobytes() == image.crop((40, 10, 100, 70)).tobytes()
     text = text_part["text"]
-    assert text_part["type"] == "text"
+    assert text_part["type"] == "input_text"
     assert text.endswith("Question: What colour is this object?")
     for rule in ("middle", "one word or a short phrase", "digits", "do not round", "units",
                  "one of those options, written exactly as given"):
@@ -99,8 +100,8 @@ def test_vqa_request_carries_the_crop_and_the_rules(server):
 
     server.script.append(Reply(content="3"))
     assert tool.answer(image, None, "How many  stripes\nare there?") == "3"
-    _, text_part = server.requests[1]["body"]["messages"][0]["content"]
-    assert decode_data_uri(server.requests[1]["body"]["messages"][0]["content"][0]["image_url"]["url"]).size == (200, 100)
+    image_part, text_part = server.requests[1]["body"]["input"][0]["content"]
+    assert decode_data_uri(image_part["image_url"]).size == (200, 100)
     assert "The question is about the whole image." in text_part["text"]
     assert "middle" not in text_part["text"]
     assert text_part["text"].endswith("Question: How many stripes are there?")
