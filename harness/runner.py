@@ -253,6 +253,11 @@ def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any
     return summarize_run(run_dir, run)
 
 
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """A run's description (run.json)."""
+    return _load_run(run_dir)
+
+
 def find_records(run_dir: Path, sample_id: str, task: str | None = None) -> list[dict[str, Any]]:
     run = _load_run(run_dir)
     names = [task] if task else run["tasks"]

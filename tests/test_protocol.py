@@ -375,6 +375,11 @@ def test_a_paper_run_records_its_protocol_everywhere(paper_upstream, tmp_path, c
         record = records[sample.id]
         assert record["status"] == "ok" and record["program"].endswith("final_answer = len(dets)")
         assert record["scores"]["strict"] == 1.0, record
+    capsys.readouterr()
+    assert main(["show", str(out), counting[0].id]) == 0
+    assert "protocol:    paper" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert "paper (headline score: paper-compatible)" in (out / "report.html").read_text()
     # the harness protocol would not run these programs: `img_pth` is the image handle there
     assert main(["run", "--system", "scripted-paper", "--tasks", "synthetic_small", "--limit", "2",
                  "--include-path", str(include), "--output-path", str(tmp_path / "other"),
@@ -490,3 +495,28 @@ def test_the_paper_judge_reads_verdicts_as_the_original(paper_upstream, monkeypa
         failed = judge.judge("q", "cup", "mug")
         assert failed.score is None and "400" in failed.error  # a failed call is no verdict, never 0
         assert judge.judge("What is on the table?", "cup", None).cached  # verdicts are cached by the exact text
+
+
+def test_exec_runs_a_program_in_the_original_dialect_with_oracle_tools(paper_upstream, tmp_path, capsys):
+    from harness.synthetic.dataset import QUESTIONS, build_benchmark
+
+    root = tmp_path / "bench"
+    build_benchmark(root, seed=3, n_scenes=1, questions_per_scene=1)
+    row = json.loads((root / QUESTIONS).read_text().splitlines()[0])
+    scene = json.loads((root / row["scene_json"]).read_text())
+    nearest = min(scene["objects"], key=lambda o: o["center"][2])
+    program = tmp_path / "original.py"
+    program.write_text(
+        "dets = gd_detect(img_pth, 'objects')\n"
+        "near = min(dets, key=lambda d: depth(img_pth, d['bbox']))\n"
+        "colour = vqa(img_pth, near['bbox'], 'What color is this object?')\n"
+        "final_answer = [len(dets), colour, float(depth(img_pth, near['bbox']))]\n")
+    code = main(["exec", str(program), "--protocol", "paper", "--tools", "oracle", "--image", str(root / row["image"]),
+                 "--scene", str(root / row["scene_json"])])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["status"] == "ok", result
+    count, colour, distance = result["answer"]
+    assert count == len(scene["objects"]) and colour == nearest["color"]
+    assert abs(distance - nearest["center"][2]) < nearest["dimensions"]["depth"]  # the front face, near the centre
+    assert all(isinstance(v, int) for call in result["tool_calls"] if call["tool"] == "gd_detect"
+               for det in call["result"] for v in det["bbox"])

@@ -14,7 +14,7 @@ from tabulate import tabulate
 from harness.cli.common import add_judge_args, judge_spec, parse_limit
 from harness.overrides import nested, parse_key_values
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
-from harness.runner import RunOptions, evaluate, find_records, rescore
+from harness.runner import RunOptions, evaluate, find_records, rescore, run_info
 from harness.scoring import JudgeSpec
 from harness.systems import SystemRegistry
 from harness.tasks import TaskRegistry
@@ -238,12 +238,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         tasks = ", ".join(r["task"] for r in records)
         print(f"sample {args.sample_id!r} exists in tasks {tasks}; pass --task", file=sys.stderr)
         return 1
+    protocol = run_info(args.run_dir).get("protocol", HARNESS)
     for record in records:
         if args.json:
             print(json.dumps(record, indent=2, ensure_ascii=False))
             continue
         scores = record.get("scores") or {}
         lines = [
+            f"protocol:    {protocol}",
             f"task:        {record['task']}" + (f" ({record['subset']})" if record.get("subset") else ""),
             f"sample:      {record['id']}",
             f"question:    {record['question']}",
@@ -255,7 +257,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"prediction:  {record.get('prediction')!r}" + (f"   -> read as {record['extracted']!r}"
                                                              if record.get("extracted") is not None else ""),
             f"status:      {record['status']}" + (f"   parse: {record['parse']}" if record.get("parse") else ""),
-            f"score:       strict {scores.get('strict')}   paper-compat {scores.get('compat')}",
+            f"score:       strict {scores.get('strict')}   paper-compat {scores.get('compat')}"
+            + (f"   (paper judge: {record['paper_judge'].get('error') or 'ok'})" if record.get("paper_judge") else ""),
         ]
         for key in ("plan", "program", "raw", "detail"):
             if record.get(key):

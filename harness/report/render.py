@@ -74,8 +74,11 @@ def _summary(data: RunData) -> str:
     run, results = data.run, data.results
     config = results.get("config") if isinstance(results.get("config"), dict) else {}
     limit = run.get("limit")
+    protocol = run.get("protocol", "harness")
+    headline = "paper-compatible" if protocol == "paper" else "strict"
     meta = [
         ("System", run.get("system")),
+        ("Protocol", f"{protocol} (headline score: {headline})"),
         ("Tasks", ", ".join(run["tasks"])),
         ("Started", run.get("started")),
         ("Finished", run.get("finished") or "not finished"),
