@@ -86,13 +86,15 @@ class CheckReport:
     options: CheckOptions
     comparisons: list[TaskComparison]
     not_compared: dict[str, str] = field(default_factory=dict)  # task -> why
+    protocol: str = HARNESS  # both runs'
 
     @property
     def failed(self) -> list[TaskComparison]:
         return [c for c in self.comparisons if c.decision == "fail"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "candidate": self.candidate, "options": asdict(self.options),
+        return {"baseline": self.baseline, "candidate": self.candidate, "protocol": self.protocol,
+                "options": asdict(self.options),
                 "passed": not self.failed, "tasks": [asdict(c) for c in self.comparisons],
                 "not_compared": self.not_compared}
 
@@ -293,7 +295,7 @@ def check_runs(baseline: Path, candidate: Path, options: CheckOptions | None = N
     for comparison, p in zip(comparisons, adjusted):
         comparison.p_adjusted = p
         decide(comparison, options)
-    return CheckReport(str(baseline), str(candidate), options, comparisons, not_compared)
+    return CheckReport(str(baseline), str(candidate), options, comparisons, not_compared, protocols[0])
 
 
 def _pts(value: float) -> str:
@@ -314,6 +316,7 @@ def format_report(report: CheckReport) -> str:
     failed, options = report.failed, report.options
     verdict = (f"FAIL: {len(failed)} task(s) regressed: {', '.join(c.task for c in failed)}" if failed
                else "PASS: no significant drop beyond the tolerance")
-    lines.append(f"\n{verdict} ({options.scoring} scores, tolerance {_tolerance(options.max_drop)} pts, "
+    lines.append(f"\n{verdict} ({options.scoring} scores, {report.protocol} protocol, "
+                 f"tolerance {_tolerance(options.max_drop)} pts, "
                  f"alpha {options.alpha:g}, correction {options.correction})")
     return "\n".join(lines)
