@@ -104,7 +104,8 @@ def test_lmms_eval_export_uses_its_function_signatures(data_dir, tmp_path):
     assert "doc_to_visual: !function utils.lmms_doc_to_visual" in text
     assert "doc_to_text: !function utils.lmms_doc_to_text" in text
     config = yaml.safe_load(text.replace("!function", ""))
-    assert config["generation_kwargs"] == {"max_new_tokens": 512, "temperature": 0, "do_sample": False}
+    assert config["generation_kwargs"] == {"max_new_tokens": 512, "temperature": 0, "do_sample": False,
+                                            "until": []}
     import datasets
 
     rows = datasets.load_dataset(config["dataset_path"], split="test")

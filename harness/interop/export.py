@@ -157,6 +157,8 @@ def task_yaml(flavor: str, name: str, data_folder: Path, task: Task, generation:
         "harness_version": __version__,
     }
     plain: dict[str, Any] = {"task": name}
+    # `until: []` stops at the end of the reply only: both harnesses otherwise stop at the first
+    # blank line, cutting off the answer line our prompts ask for after any reasoning.
     if flavor == "lm-eval":
         plain["tag"] = [GROUP_TAG]
         functions = {"doc_to_image": "doc_to_image", "doc_to_text": "doc_to_text"}
@@ -164,7 +166,7 @@ def task_yaml(flavor: str, name: str, data_folder: Path, task: Task, generation:
     else:
         plain["tag"] = GROUP_TAG
         functions = {"doc_to_visual": "lmms_doc_to_visual", "doc_to_text": "lmms_doc_to_text"}
-        kwargs = {"max_new_tokens": generation["max_tokens"], "temperature": 0, "do_sample": False}
+        kwargs = {"max_new_tokens": generation["max_tokens"], "temperature": 0, "do_sample": False, "until": []}
     plain.update({"dataset_path": str(data_folder.resolve()), "test_split": SPLIT, "output_type": "generate_until"})
     tail = {
         "doc_to_target": "answer",

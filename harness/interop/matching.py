@@ -293,7 +293,7 @@ def _match_by_question(file: ForeignFile, index: TaskIndex) -> tuple[dict[str, M
         if not candidates and text:  # their question may hold extra words (or fewer) around ours
             candidates = [s for key, group in by_text.items() if key and (key in text or text in key) for s in group]
             how = "question text (contained)"
-        candidates = [s for s in dict.fromkeys(candidates) if s.id not in taken and _agree(row, s)]
+        candidates = [s for s in {c.id: c for c in candidates}.values() if s.id not in taken and _agree(row, s)]
         if how != "question text" and len(candidates) != 1:
             candidates = []
         if not candidates:
