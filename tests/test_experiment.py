@@ -160,6 +160,14 @@ def test_bad_experiment_files_are_one_line_errors(tmp_path, capsys, content, mes
     assert not (tmp_path / "r").exists()
 
 
+def test_run_help_still_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("run", "--help")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config FILE" in out and "(default: OPENAI_API_KEY)" in out
+
+
 def test_missing_file_and_missing_required_options(tmp_path, capsys):
     assert cli("run", "--config", tmp_path / "nope.yaml") == 2
     assert "cannot read experiment file" in capsys.readouterr().err

@@ -68,6 +68,8 @@ def make_config_aware(parser: argparse.ArgumentParser) -> None:
         if action.required:
             required.append(action.dest)
             action.required = False
+        if action.help and "%(default)" in action.help:  # the help would no longer find the default
+            action.help = action.help.replace("%(default)s", str(action.default).replace("%", "%%"))
         action.default = argparse.SUPPRESS
     parser.set_defaults(**{_SPEC: ExperimentSpec(parser, actions, defaults, required)})
 

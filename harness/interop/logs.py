@@ -131,12 +131,19 @@ def _model_info(results: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- lm-eval and lmms-eval
 
 def _first_text(value: Any) -> str | None:
-    """The first reply in lm-eval's nested response lists (repeats give several)."""
+    """The first string in nested lists (lm-eval nests replies per request, then per repeat)."""
     while isinstance(value, (list, tuple)):
         if not value:
             return None
         value = value[0]
     return None if value is None else str(value)
+
+
+def _replies(value: Any) -> list[Any]:
+    """The replies to a document's request: several with ``repeats``, else one."""
+    if not isinstance(value, list):
+        return [value]
+    return value[0] if value and isinstance(value[0], list) else value
 
 
 def _prompt_lm_eval(arguments: Any) -> str | None:
@@ -194,13 +201,12 @@ def read_harness_log(path: Path, fmt: str) -> ForeignFile:
         prompt = _prompt_lm_eval(line.get("arguments")) if fmt == "lm-eval" else line.get("input")
         if fmt == "lm-eval" and prompt is None and isinstance(line.get("input"), str):
             prompt = line["input"]
-        replies = raw if isinstance(raw, list) else [raw]
         extra = {"filtered_resps": line.get("filtered_resps"), "filter": line.get("filter"),
                  **{k: line[k] for k in ("doc_hash", "prompt_hash", "target_hash") if k in line},
                  "their_metrics": {k: v for k, v in line.items() if k not in _KNOWN_KEYS}}
-        flat = [r for r in (replies[0] if replies and isinstance(replies[0], list) else replies)]
-        if len(flat) > 1:
-            extra["all_resps"] = flat  # repeats: the first reply is scored, every reply kept
+        replies = _replies(raw)
+        if len(replies) > 1:
+            extra["all_resps"] = replies  # repeats: the first reply is scored, every reply kept
         rows[doc_id] = ForeignRow(
             where=f"line {number}", doc_id=doc_id, doc=doc, prompt=prompt if isinstance(prompt, str) else None,
             target=None if line.get("target") is None else str(line["target"]), response=response, extra=extra)

@@ -140,7 +140,7 @@ def _same_question(ours: str | None, row: ForeignRow, question_field: str | None
     if ours is None:
         return None
     if row.doc is not None and question_field and question_field in row.doc:
-        return str(row.doc[question_field]).strip() == ours.strip()
+        return normalize_text(str(row.doc[question_field])) == normalize_text(ours)
     if row.prompt is not None:
         return normalize_text(ours) in normalize_text(row.prompt)
     return None
@@ -195,8 +195,16 @@ def _match_exported(file: ForeignFile, index: TaskIndex) -> tuple[dict[str, Matc
         if row.target is not None and row.target != gold:
             problems.append(f"{row.where}: sample {sample.id} has target {row.target!r}, ours {gold!r}")
             continue
-        matched[sample.id] = Match(file, row, key)
+        _add(matched, problems, sample, Match(file, row, key))
     return matched, problems
+
+
+def _add(matched: dict[str, Match], problems: list[str], sample: OurSample, match: Match) -> None:
+    if sample.id in matched:
+        problems.append(f"{match.row.where}: sample {sample.id} is answered again (first on "
+                        f"{matched[sample.id].row.where})")
+    else:
+        matched[sample.id] = match
 
 
 def _parts_for(file: ForeignFile, index: TaskIndex) -> list[tuple[str, str | None]]:
@@ -247,7 +255,7 @@ def _match_by_row(file: ForeignFile, index: TaskIndex) -> tuple[dict[str, Match]
             problems.append(f"{row.where}: doc_id {row.doc_id} asks {_shorten(asked)}, where row {sample.row} "
                             f"of {sample.subset} asks {_shorten(sample.raw_question)}")
             continue
-        matched[sample.id] = Match(file, row, f"dataset row {sample.subset}/{sample.row}")
+        _add(matched, problems, sample, Match(file, row, f"dataset row {sample.subset}/{sample.row}"))
     if outside:
         log.info("%s: %d rows are dataset rows outside %s", file.path, outside, index.describe())
     return matched, problems
