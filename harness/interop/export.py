@@ -104,6 +104,9 @@ def _rows(task: Task, limit: float | None, prompt: PromptBuilder, skipped: dict[
         if sample.error:  # our runs record such rows as data errors without asking any model
             skipped[sample.id] = sample.error
             continue
+        if sample.image is None:
+            skipped[sample.id] = f"sample {sample.id}: no image"
+            continue
         try:
             data = sample.image.read_bytes()
             text = prompt(sample)
@@ -201,6 +204,24 @@ def _prepare_folder(out: Path, flavor: str, overwrite: bool) -> list[dict[str, A
     return []
 
 
+def _export_task(flavor: str, task: Task, out: Path, prefix: str, prompt: PromptBuilder,
+                 limit: float | None) -> ExportedTask:
+    """One task's data folder and YAML."""
+    target = f"{prefix}{task.name}"
+    folder = out / "data" / target
+    if folder.exists():
+        shutil.rmtree(folder)
+    record = ExportedTask(task.name, target, 0, fingerprint=task.config.fingerprint(), revision=task.revision)
+    record.rows = _write_parquet(_rows(task, limit, prompt, record.skipped), folder / f"{SPLIT}-00000-of-00001.parquet")
+    (out / f"{target}.yaml").write_text(
+        task_yaml(flavor, target, folder, task, prompt.generation(), prompt.name, list(record.skipped)),
+        encoding="utf-8")
+    if record.skipped:
+        log.warning("%s: %d samples not exported (first: %s)", task.name, len(record.skipped),
+                    next(iter(record.skipped.values())))
+    return record
+
+
 def export_tasks(flavor: str, names: list[str], out: Path, tasks: TaskRegistry, systems: SystemRegistry,
                  prompt_system: str, system_args: dict[str, Any] | None = None, data_dir: str | None = None,
                  limit: float | None = None, prefix: str = DEFAULT_PREFIX, overwrite: bool = False) -> list[ExportedTask]:
@@ -209,33 +230,21 @@ def export_tasks(flavor: str, names: list[str], out: Path, tasks: TaskRegistry, 
     for name in names:
         if not tasks.config(name).answers:
             raise ExportError(f"task {name!r} holds training questions without answers; it cannot be exported")
-    earlier = _prepare_folder(out, flavor, overwrite)
     prompt = PromptBuilder(systems, prompt_system, system_args)
     exported: list[ExportedTask] = []
     try:
+        entries = _prepare_folder(out, flavor, overwrite)
+        (out / "utils.py").write_text((Path(__file__).parent / "task_utils.py").read_text(encoding="utf-8"),
+                                      encoding="utf-8")
         for name in names:
-            task = tasks.task(name, data_dir)
-            target = f"{prefix}{name}"
-            folder = out / "data" / target
-            if folder.exists():
-                shutil.rmtree(folder)
-            record = ExportedTask(name, target, 0, fingerprint=task.config.fingerprint(), revision=task.revision)
-            record.rows = _write_parquet(_rows(task, limit, prompt, record.skipped),
-                                         folder / f"{SPLIT}-00000-of-00001.parquet")
-            (out / f"{target}.yaml").write_text(
-                task_yaml(flavor, target, folder, task, prompt.generation(), prompt_system, list(record.skipped)),
-                encoding="utf-8")
-            if record.skipped:
-                log.warning("%s: %d samples not exported (first: %s)", name, len(record.skipped),
-                            next(iter(record.skipped.values())))
+            record = _export_task(flavor, tasks.task(name, data_dir), out, prefix, prompt, limit)
             exported.append(record)
+            # Recorded task by task, so an export stopped by a missing dataset still lists what it wrote.
+            entries = [e for e in entries if e.get("task") != name]
+            entries.append({**asdict(record), "prompt_system": prompt_system, "system_args": system_args or {},
+                            "limit": limit})
+            manifest = {"format": flavor, "harness_version": __version__, "tasks": entries}
+            (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     finally:
         prompt.close()
-    (out / "utils.py").write_text((Path(__file__).parent / "task_utils.py").read_text(encoding="utf-8"),
-                                  encoding="utf-8")
-    entries = [e for e in earlier if e.get("task") not in {x.task for x in exported}]
-    entries += [{**asdict(e), "prompt_system": prompt_system, "system_args": system_args or {}, "limit": limit}
-                for e in exported]
-    manifest = {"format": flavor, "harness_version": __version__, "tasks": entries}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return exported

@@ -189,6 +189,9 @@ def read_harness_log(path: Path, fmt: str) -> ForeignFile:
         except (TypeError, ValueError):
             raise PredictionsFileError(f"{path}: line {number}: doc_id {line['doc_id']!r} is not a row number") from None
         raw = line.get("resps", line.get("filtered_resps"))
+        if isinstance(raw, list) and len(raw) > 1 and all(isinstance(r, list) for r in raw):
+            raise PredictionsFileError(f"{path}: line {number}: doc_id {doc_id} holds one response per answer "
+                                       "option (a log-likelihood task), not a generated reply")
         response = _first_text(raw)
         if doc_id in rows:
             first = rows[doc_id]

@@ -159,9 +159,10 @@ class PredictionsSystem(System):
         for task in tasks:
             files = by_task.get(task.name)
             if not files:
-                also = f"; files of other tasks: {', '.join(ignored)} (pass --system-args task={task.name} " \
-                       "to read them as this task)" if ignored else ""
-                raise PredictionsFileError(f"{self.path}: no {self.format} file holds task {task.name!r}{also}")
+                held = f"; the files hold {', '.join(sorted(by_task))}" if by_task else ""
+                also = f"; files of tasks not selected: {', '.join(ignored)} (pass --system-args " \
+                       f"task={task.name} to read them as this task)" if ignored else ""
+                raise PredictionsFileError(f"{self.path}: no {self.format} file holds task {task.name!r}{held}{also}")
             index = index_task(task)
             for file in files:
                 for sample_id, match in match_file(file, index).items():
