@@ -102,7 +102,8 @@ def test_every_run_option_is_a_key_of_the_experiment_file(tmp_path):
     for each option, the file and the flag give the same resolved settings."""
     parser = build_parser()
     options = [a for a in run_parser(parser)._actions if a.option_strings and a.dest not in ("help", "config")]
-    assert {"system", "tasks", "limit", "seed", "data_dir", "judge", "tools", "system_args"} <= {a.dest for a in options}
+    expected = {"system", "tasks", "limit", "seed", "data_dir", "judge", "tools", "system_args"}
+    assert expected <= {a.dest for a in options}
     base = {"system": "reference", "tasks": "synthetic"}
     for action in options:
         value, tokens = sample_value(action)

@@ -20,7 +20,8 @@ import dataset_fixtures as fx  # noqa: E402
 
 from harness.cli import main  # noqa: E402
 from harness.interop import task_utils  # noqa: E402
-from harness.interop.export import MANIFEST, answer_text  # noqa: E402
+from harness.interop.export import MANIFEST  # noqa: E402
+from harness.interop.gold import answer_text  # noqa: E402
 from harness.records import read_records  # noqa: E402
 from harness.systems import SystemRegistry  # noqa: E402
 from harness.tasks import TaskRegistry  # noqa: E402

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dataset_fixtures as fx  # noqa: E402
 
 from harness.cli import main  # noqa: E402
-from harness.interop.export import answer_text  # noqa: E402
+from harness.interop.gold import answer_text  # noqa: E402
 from harness.records import read_records  # noqa: E402
 from harness.systems import SystemRegistry  # noqa: E402
 from harness.tasks import TaskRegistry  # noqa: E402
@@ -82,7 +82,8 @@ def test_lmms_eval_log_of_their_own_task_is_scored(data_dir, tmp_path):
     source = records["0"]["extra"]["source"]
     assert source["key"] == "dataset row test/0" and source["their_metrics"] == {"acc": 1.0}
     described = json.loads((run / "run.json").read_text())["system_config"]["source"]["files"][0]
-    assert described["model"]["model"] == "qwen2_5_vl" and described["dataset"]["dataset_path"] == "vikhyatk/CountBenchQA"
+    assert described["model"]["model"] == "qwen2_5_vl"
+    assert described["dataset"]["dataset_path"] == "vikhyatk/CountBenchQA"
     assert described["task"] == "countbenchqa" and described["results_file"].endswith(f"{DATE}_results.json")
 
 
@@ -122,7 +123,8 @@ def test_changed_question_is_refused_naming_the_row(data_dir, tmp_path, capsys):
 
 
 def test_other_split_and_other_task_are_refused(data_dir, tmp_path, capsys):
-    write_lmms_eval(tmp_path / "a", "countbenchqa", countbench_lines(["3", "2", "7"]), {**COUNT_CONFIG, "test_split": "train"})
+    train = {**COUNT_CONFIG, "test_split": "train"}
+    write_lmms_eval(tmp_path / "a", "countbenchqa", countbench_lines(["3", "2", "7"]), train)
     assert cli("run", "--system", "predictions", "--predictions", tmp_path / "a", "--predictions-format", "lmms-eval",
                "--tasks", "countbenchqa", "--data-dir", data_dir, "--output-path", tmp_path / "r1") == 2
     assert "holds split 'train', which the task does not read" in capsys.readouterr().err

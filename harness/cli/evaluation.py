@@ -32,7 +32,8 @@ def add_parsers(sub: Any) -> None:
     p = run_parser = sub.add_parser("run", help="evaluate a system on tasks")
     p.add_argument("--system", required=True, help="a system name (see `list systems`); required, here or in --config")
     p.add_argument("--tasks", required=True,
-                   help="comma-separated task names, a tag, or 'all' (the paper's eight); required, here or in --config")
+                   help="comma-separated task names, a tag, or 'all' (the paper's eight); "
+                        "required, here or in --config")
     p.add_argument("--limit", type=parse_limit, metavar="N",
                    help="only the first N samples per task (a fraction when below 1)")
     p.add_argument("--output-path", type=Path, metavar="DIR",

@@ -87,7 +87,8 @@ def _tokens(key: str, value: Any, action: argparse.Action, where: str) -> list[s
         if not isinstance(value, bool):
             raise ExperimentError(f"{where}: key {key!r} is a switch; write true or false, not {value!r}")
         if isinstance(action, argparse.BooleanOptionalAction):
-            return [action.option_strings[0] if value else next(s for s in action.option_strings if s.startswith("--no-"))]
+            negative = next(s for s in action.option_strings if s.startswith("--no-"))
+            return [action.option_strings[0] if value else negative]
         return [flag] if value == action.const else []
     items = value if isinstance(value, list) else [value]
     if len(items) > 1 and not isinstance(action, argparse._AppendAction) and action.nargs in (None, "?"):

@@ -23,6 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from harness import __version__
+from harness.interop.gold import answer_text
 from harness.systems import SystemRegistry
 from harness.tasks import Task, TaskRegistry
 from harness.types import ImageError, Sample
@@ -50,13 +51,6 @@ class ExportedTask:
     skipped: dict[str, str] = field(default_factory=dict)  # sample id -> why it is not exported
     fingerprint: str = ""
     revision: str = ""
-
-
-def answer_text(gold: Any) -> str:
-    """The gold answer as the text the other harness compares against (its ``target``)."""
-    if isinstance(gold, float) and gold.is_integer():
-        return str(int(gold)) if abs(gold) < 1e15 else repr(gold)
-    return str(gold)
 
 
 class PromptBuilder:
@@ -224,7 +218,8 @@ def _export_task(flavor: str, task: Task, out: Path, prefix: str, prompt: Prompt
 
 def export_tasks(flavor: str, names: list[str], out: Path, tasks: TaskRegistry, systems: SystemRegistry,
                  prompt_system: str, system_args: dict[str, Any] | None = None, data_dir: str | None = None,
-                 limit: float | None = None, prefix: str = DEFAULT_PREFIX, overwrite: bool = False) -> list[ExportedTask]:
+                 limit: float | None = None, prefix: str = DEFAULT_PREFIX,
+                 overwrite: bool = False) -> list[ExportedTask]:
     if flavor not in FLAVORS:
         raise ExportError(f"unknown export format {flavor!r}; choose one of {', '.join(FLAVORS)}")
     for name in names:

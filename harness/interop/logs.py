@@ -187,7 +187,8 @@ def read_harness_log(path: Path, fmt: str) -> ForeignFile:
         try:
             doc_id = int(line["doc_id"])
         except (TypeError, ValueError):
-            raise PredictionsFileError(f"{path}: line {number}: doc_id {line['doc_id']!r} is not a row number") from None
+            raise PredictionsFileError(
+                f"{path}: line {number}: doc_id {line['doc_id']!r} is not a row number") from None
         raw = line.get("resps", line.get("filtered_resps"))
         if isinstance(raw, list) and len(raw) > 1 and all(isinstance(r, list) for r in raw):
             raise PredictionsFileError(f"{path}: line {number}: doc_id {doc_id} holds one response per answer "
@@ -268,13 +269,11 @@ def read_vlmevalkit(path: Path) -> ForeignFile:
     rows = []
     for number, values in enumerate(body, start=2):
         cells = {name: _cell(values[i]) if i < len(values) else None for i, name in enumerate(header) if name}
-        response = cells.get("prediction")
         options = {k: v for k, v in cells.items() if re.fullmatch(r"[A-Z]", k) and v is not None}
+        others = {k: v for k, v in cells.items() if k not in ("index", "question", "answer", "prediction", *options)}
         rows.append(ForeignRow(
             where=f"row {number}", index=cells.get("index"), question=cells.get("question"),
-            target=cells.get("answer"), response=response,
-            extra={"options": options, **{k: v for k, v in cells.items()
-                                          if k not in ("index", "question", "answer", "prediction") and k not in options}},
+            target=cells.get("answer"), response=cells.get("prediction"), extra={"options": options, **others},
         ))
     return ForeignFile(path, "vlmevalkit", vlmevalkit_dataset(path), rows)
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from harness.interop.export import answer_text
+from harness.interop.gold import answer_text
 from harness.interop.logs import ForeignFile, ForeignRow, PredictionsFileError
 from harness.scoring.extract import normalize_text
 from harness.tasks import Task
@@ -235,7 +235,7 @@ def _match_by_row(file: ForeignFile, index: TaskIndex) -> tuple[dict[str, Match]
     problems: list[str] = []
     outside = 0
     for row in file.rows:
-        found = [by_row[(split, config, row.doc_id)] for split, config in parts if (split, config, row.doc_id) in by_row]
+        found = [by_row[key] for key in ((split, config, row.doc_id) for split, config in parts) if key in by_row]
         if not found:
             outside += 1  # a dataset row outside the task's rows (e.g. a subset of the split)
             continue
