@@ -12,7 +12,9 @@ import logging
 import sys
 from typing import Sequence
 
-from harness.cli import data, evaluation, grounding, reports, training
+from harness.cli import data, evaluation, grounding, interop, reports, training
+from harness.cli.experiment import ExperimentError
+from harness.export.tasks import ExportError
 from harness.overrides import OverrideError
 from harness.registry import UnknownNameError
 from harness.runner import RunError
@@ -24,13 +26,14 @@ from harness.tasks import TaskConfigError
 from harness.tasks.sources import DatasetUnavailableError
 from harness.types import ImageError
 
-GROUPS = (evaluation, data, training, grounding, reports)
+GROUPS = (evaluation, data, training, grounding, reports, interop)
 DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools, train them without labels, "
                "and compare the results with the paper's.")
 
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
-               DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError)
+               DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
+               ExportError, ExperimentError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -12,8 +13,11 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.cli.common import add_judge_args, judge_spec, parse_limit
+from harness.cli.experiment import EXPERIMENT_FILE, make_config_aware, write_experiment
+from harness.cli.experiment import resolve as resolve_experiment
 from harness.overrides import nested, parse_key_values
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
+from harness.results import RUN_FILE
 from harness.runner import RunOptions, evaluate, find_records, rescore, run_info
 from harness.scoring import JudgeSpec
 from harness.systems import SystemRegistry
@@ -26,9 +30,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
 
-    p = sub.add_parser("run", help="evaluate a system on tasks")
-    p.add_argument("--system", required=True, help="a system name (see `list systems`)")
-    p.add_argument("--tasks", required=True, help="comma-separated task names, a tag, or 'all' (the paper's eight)")
+    p = run_parser = sub.add_parser("run", help="evaluate a system on tasks")
+    p.add_argument("--system", required=True, help="a system name (see `list systems`); required, here or in --config")
+    p.add_argument("--tasks", required=True,
+                   help="comma-separated task names, a tag, or 'all' (the paper's eight); "
+                        "required, here or in --config")
     p.add_argument("--limit", type=parse_limit, metavar="N",
                    help="only the first N samples per task (a fraction when below 1)")
     p.add_argument("--output-path", type=Path, metavar="DIR",
@@ -37,7 +43,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output-path")
     p.add_argument("--data-dir", metavar="DIR",
                    help="local copies of the datasets, as DIR/<hub id>/... (default: $HARNESS_DATA_DIR)")
-    p.add_argument("--predictions", metavar="FILE", help="JSONL answers for the predictions system")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="answers for the predictions system: a file, or a folder of lm-eval/lmms-eval/VLMEvalKit files")
+    p.add_argument("--predictions-format", choices=["jsonl", "lm-eval", "lmms-eval", "vlmevalkit"],
+                   help="what --predictions holds (default: this project's JSONL); see docs/interop.md")
     p.add_argument("--system-args", metavar="K=V,...", help="override parameters of the system file")
     p.add_argument("--log-samples", action="store_true",
                    help="also keep the full request sent to the model in each record")
@@ -96,6 +105,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--allow-unexpected", action="store_true", help="drop (and list) keys no conversion rule knows")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
 
+    make_config_aware(run_parser)  # last: every option of `run` becomes a key of the experiment file
+
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -153,20 +164,26 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args, experiment = resolve_experiment(args)  # the --config file under the command line
     tasks = TaskRegistry(args.include_path)
     systems = SystemRegistry(args.include_path)
+    args.tasks = ",".join(tasks.expand(args.tasks))  # saved expanded, so a rerun reads the same tasks
+    args.data_dir = args.data_dir or os.environ.get("HARNESS_DATA_DIR")
     system_args = parse_key_values(args.system_args)
-    for key, value in (("path", args.predictions), ("tools", args.tools), ("device", args.device)):
+    for key, value in (("path", args.predictions), ("format", args.predictions_format), ("tools", args.tools),
+                       ("device", args.device)):
         if value is not None:
             system_args[key] = value
     output = args.output_path or Path("results") / "runs" / f"{args.system}-{datetime.now():%Y%m%d-%H%M%S}"
     options = RunOptions(
-        system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
+        system=args.system, tasks=args.tasks.split(","), output_path=output, system_args=system_args,
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
         log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
         label=args.label, protocol=args.protocol,
     )
     systems.config(options.system)  # fail on an unknown system before any data is read
+    if not (output / RUN_FILE).exists() or (args.resume and not (output / EXPERIMENT_FILE).exists()):
+        write_experiment(output, experiment, {k: getattr(args, k) for k in experiment.values})
     results = evaluate(options, tasks, systems)
     print(results_table(results))
     print(f"\nrun directory: {output}")
