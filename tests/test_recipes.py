@@ -59,6 +59,7 @@ def judge(body: dict) -> Reply:
 def write_reward_yaml(folder: Path, url: str, cache: bool = True) -> Path:
     path = folder / "reward.yaml"
     path.write_text(yaml.safe_dump({
+        "protocol": "harness",
         "verifier": {"backend": "openai", "model": "judge", "base_url": url, "max_concurrency": 8,
                      "max_retries": 0, "timeout_s": 30},
         "cache": cache, "syntax_workers": 2}))
@@ -130,7 +131,13 @@ def test_grpo_config_maps_the_papers_hyperparameters():
     assert (args.beta, args.epsilon, args.loss_type, args.num_iterations) == (0.01, 0.2, "grpo", 1)
     assert (args.learning_rate, args.weight_decay, args.max_grad_norm, args.num_train_epochs) == (1e-6, 0.01, 1.0, 4)
     assert (args.temperature, args.top_p) == (1.0, 1.0)
-    assert args.chat_template_kwargs == {"enable_thinking": False}
+    # The paper protocol trains with thinking on, as the original did; ours turns it off.
+    assert recipe.protocol == "paper" and not args.chat_template_kwargs
+    harness = grpo_arguments(load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", [
+        "protocol=harness", "grpo.use_cpu=true", "grpo.bf16=false", "grpo.use_vllm=false"]))
+    assert harness.chat_template_kwargs == {"enable_thinking": False}
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", ["protocol=mine"])
     # One optimizer update per 64-prompt generation batch: all its micro-batches accumulate.
     assert args.steps_per_generation == args.gradient_accumulation_steps == 320
     with pytest.raises(ValueError, match="reward YAML"):
@@ -156,9 +163,10 @@ def test_every_recipe_config_loads():
     sampling = load_sampling_recipe(RECIPES / "reasoning_sft/sample.yaml")
     assert (sampling.samples_per_query, sampling.min_reward, sampling.backend["kind"]) == (8, 0.7, "vllm")
     assert load_plan(RECIPES / "ablation_data_size/config.yaml").sizes == [40, 160, 400, 800]
-    for name in ("gemini.yaml", "local_vllm.yaml"):
+    for name, protocol in (("gemini.yaml", "paper"), ("local_vllm.yaml", "harness")):
         config = RewardConfig.from_yaml(RECIPES / "reward_configs" / name)
         assert (config.weights.syntax, config.weights.logic, config.weights.attribute) == (0.1, 0.3, 0.2)
+        assert config.protocol == protocol
 
 
 def test_prompts_over_the_limit_are_dropped_before_training(tiny_model):
@@ -202,8 +210,50 @@ def test_trl_grpo_recipe_runs_two_steps_with_the_real_reward(tiny_model, tiny_da
              for r in judged}
     assert asked == set(VERIFIED_PARTS)
     stats = json.loads((out / "reward_stats.json").read_text())
-    assert stats["completions"] == 8 and stats["judgements"] == 4 * stats["gated"] > 0
+    assert stats["completions"] == 8 and stats["judgements"] > 0 and stats["judgements"] % 4 == 0
+    assert stats["failed"] == stats["excluded"] == 0
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+def test_trl_grpo_paper_protocol_leaves_failed_judgements_out(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """The paper protocol end to end on TRL: the pinned (here: fixture) prompts in one user turn,
+    integer verdicts; a failed judgement makes every part None, so TRL leaves the completion out
+    of its group and of the part means, and the count is logged."""
+    from harness.training import protocol
+    from upstream_fixture import write_upstream
+
+    texts = write_upstream(tmp_path / "upstream")
+    monkeypatch.setattr(protocol, "paper_texts", lambda data_dir=None: texts)
+    out = tmp_path / "grpo"
+
+    def paper_judge(body: dict) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        assert len(body["messages"]) == 1 and prompt.startswith("FIXTURE ")
+        if "FIXTURE SPATIAL CHECK" in prompt and "left of" in prompt:
+            return Reply(status=500)  # the verifier fails on these, every time
+        return Reply(content="Looks right.\n<answer>1</answer>")
+
+    with running_chat_server(monkeypatch) as server:
+        server.respond = paper_judge
+        reward_yaml = tmp_path / "paper.yaml"
+        reward_yaml.write_text(yaml.safe_dump({"protocol": "paper", "cache": False, "syntax_workers": 2, "verifier": {
+            "backend": "openai", "model": "judge", "base_url": server.url, "max_retries": 0, "timeout_s": 30}}))
+        code = load_entry("reasoning_grpo_trl/train.py").main([
+            "--config", str(RECIPES / "reasoning_grpo_trl/config_cpu_tiny.yaml"), "--set", "protocol=paper",
+            "--set", "grpo.chat_template_kwargs={enable_thinking: false}",  # the tiny model learned that template
+            "--set", f"model={tiny_model}", "--set", f"train_data={tiny_data / 'train.jsonl'}",
+            "--set", f"output_dir={out}", "--set", f"reward_config={reward_yaml}", "--set", "grpo.max_steps=4"])
+    assert code == 0
+    steps = [e for e in json.loads((out / "training_log.json").read_text()) if "reward" in e]
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats["excluded"] > 0 and stats["failed"] == stats["excluded"]  # one part fails per excluded reply
+    assert stats["excluded"] == sum(e["verifier/excluded_completions"] for e in steps)
+    for entry in steps:
+        # Every judged reply gets 1 on every part, so each part's mean is the format gate's: a failed
+        # judgement left the completion out, where a 0 would have pulled the spatial mean below it.
+        for part in ("logic", "attribute", "spatial", "adherence"):
+            assert entry[f"rewards/{part}/mean"] == pytest.approx(entry["rewards/format/mean"])
+    assert any(e["verifier/excluded_completions"] for e in steps)
 
 
 # ----------------------------------------------------------------------------- SFT baseline
@@ -277,33 +327,55 @@ def test_verl_compute_score_in_a_running_event_loop(tiny_data, tmp_path, monkeyp
     import pyarrow.parquet as pq
 
     from harness.training import verl_reward
+    from harness.training.rollout_log import read_rollouts, summarize
 
     rows = pq.read_table(tiny_data / "train.parquet").to_pylist()
+    logs, checkpoints = tmp_path / "reward_log", tmp_path / "checkpoints"
     with running_chat_server(monkeypatch) as server:
         server.respond = judge
         config = str(write_reward_yaml(tmp_path, server.url, cache=False))
 
-        async def rollouts() -> list[dict]:
+        async def rollouts(run: str, replies: list[str]) -> list[dict]:
             # As verl's reward loop calls it: keyword arguments, many at once, reward_kwargs merged in.
             calls = [verl_reward.compute_score(data_source=row["data_source"], solution_str=reply,
                                                ground_truth=row["reward_model"]["ground_truth"],
-                                               extra_info={**row["extra_info"], "num_turns": 2}, config=config)
-                     for row, reply in zip(rows, [GOOD, GOOD, CRASHES, "no tags at all"])]
+                                               extra_info={**row["extra_info"], "num_turns": 2}, config=config,
+                                               protocol="harness", processes=2, log_dir=str(logs), run=run,
+                                               rollouts_per_step=2, checkpoint_dir=str(checkpoints))
+                     for row, reply in zip(rows, replies)]
             return await asyncio.gather(*calls)
 
         try:
-            results = asyncio.run(rollouts())
+            results = asyncio.run(rollouts("first", [GOOD, GOOD, CRASHES, "no tags at all"]))
+            judged = len(server.requests)
+            # Killed during step 3 after a checkpoint at step 1: the next launch redoes steps 2 and 3.
+            asyncio.run(rollouts("first", [GOOD]))
+            checkpoints.mkdir()
+            (checkpoints / "latest_checkpointed_iteration.txt").write_text("1\n")
+            asyncio.run(rollouts("second", [CRASHES, CRASHES, GOOD]))
         finally:
-            verl_reward.reward_model(config).close()
+            verl_reward.reward_model(config, "harness", 2).close()
             verl_reward.reward_model.cache_clear()
-        judged = len(server.requests)
-    assert all({"score", *PARTS, "verifier_failures"} <= set(r) for r in results)
+            verl_reward.rollout_log.cache_clear()
+    assert all({"score", *PARTS, "verifier_failures", "excluded"} <= set(r) for r in results)
     assert results[0]["score"] == pytest.approx(1.0)
     assert rows[2]["extra_info"]["question"] == QUESTIONS[2]
     assert results[2]["syntax"] == 0.0 and results[2]["spatial"] == 0.0  # crashes; 'left of' judged 0
     assert results[2]["score"] == pytest.approx(0.7)
-    assert results[3] == {**dict.fromkeys(PARTS, 0.0), "score": 0.0, "verifier_failures": 0.0}
+    assert results[3] == {**dict.fromkeys(PARTS, 0.0), "score": 0.0, "verifier_failures": 0.0, "excluded": 0.0,
+                          "unreadable_verdicts": 0.0}
     assert judged == 3 * len(VERIFIED_PARTS)  # the unformatted reply was never sent
+    # Every rollout is in the log with its step; the resumed launch replaced the unfinished steps.
+    entries = read_rollouts(logs)
+    assert [(e["run"], e["step"]) for e in entries] == [("first", 1), ("first", 1), ("second", 2), ("second", 2),
+                                                        ("second", 3)]
+    per_step = summarize(entries)
+    assert [(r["step"], r["rollouts"]) for r in per_step] == [(1, 2), (2, 2), (3, 1)]
+    assert per_step[1]["syntax"] == 0.0 and per_step[2]["score"] == pytest.approx(0.8)  # "left of": spatial 0
+    from harness.leaderboard.rewardlog import read_reward_log
+
+    curve = read_reward_log(logs / "rollouts.jsonl")  # plot-rewards reads it as it is
+    assert curve.steps == [1.0, 2.0, 3.0] and curve.series["syntax"][1] == 0.0
 
 
 def _train_sh_commands(tmp_path: Path, *extra: str, **env: str) -> list[list[str]]:
