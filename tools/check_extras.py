@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="only the sets whose name contains TEXT (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the sets and their requirements, resolve nothing")
-    parser.add_argument("--jobs", type=int, default=4, help="sets resolved at once (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=8, help="sets resolved at once (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per set (default: %(default)s)")
     parser.add_argument("--allow-offline", action="store_true",
                         help="a set that cannot reach the package index is skipped, not failed")
