@@ -405,18 +405,29 @@ def test_verl_launch_script_checks_then_trains_with_the_papers_settings(tmp_path
                        "actor_rollout_ref.actor.kl_loss_type": "low_var_kl", "actor_rollout_ref.actor.clip_ratio": "0.2",
                        "data.max_prompt_length": "6000", "data.max_response_length": "2000",
                        "actor_rollout_ref.rollout.temperature": "1.0", "actor_rollout_ref.rollout.name": "vllm",
-                       "data.apply_chat_template_kwargs.enable_thinking": "False",
                        "trainer.n_gpus_per_node": "8", "actor_rollout_ref.actor.fsdp_config.param_offload": "True",
                        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": "True",
                        "reward.custom_reward_function.name": "compute_score",
-                       "reward.reward_manager.name": "naive"}.items():
+                       "reward.reward_manager.name": "naive", "reward.num_workers": "8",
+                       "reward.custom_reward_function.reward_kwargs.protocol": "paper",
+                       "reward.custom_reward_function.reward_kwargs.processes": "8",
+                       "reward.custom_reward_function.reward_kwargs.rollouts_per_step": "320"}.items():
         assert settings[key] == value, key
     assert overrides[-1] == "trainer.total_epochs=1"  # the caller's overrides come last and win
     assert Path(settings["reward.custom_reward_function.path"]) == REPO / "harness/training/verl_reward.py"
+    # The paper protocol trains with thinking on, as the original did: nothing is passed.
+    assert not any("enable_thinking" in o for o in overrides)
+    assert settings["reward.custom_reward_function.reward_kwargs.log_dir"].endswith("/reward_log")
+    assert Path(settings["reward.custom_reward_function.reward_kwargs.checkpoint_dir"]).is_absolute()
 
     (tmp_path / "limited").mkdir()
-    _, limited = _train_sh_commands(tmp_path / "limited", REWARD_MANAGER="rate_limited")
-    assert "reward.reward_manager.name=rate_limited" in limited and "+reward.max_concurrent=64" in limited
+    _, limited = _train_sh_commands(tmp_path / "limited", REWARD_MANAGER="rate_limited", PROTOCOL="harness",
+                                    TRAIN_BATCH_SIZE="40", REWARD_WORKERS="4")
+    # REWARD_MAX_CONCURRENT (64) is the total over the 4 workers, each limiting itself.
+    assert "reward.reward_manager.name=rate_limited" in limited and "+reward.max_concurrent=16" in limited
+    assert "+data.apply_chat_template_kwargs.enable_thinking=False" in limited
+    assert "data.train_batch_size=40" in limited and "actor_rollout_ref.actor.ppo_mini_batch_size=40" in limited
+    assert "+reward.custom_reward_function.reward_kwargs.rollouts_per_step=200" in limited
 
 
 def test_check_config_accepts_ours_and_refuses_legacy_keys_or_another_reward(tmp_path, capsys):
@@ -436,9 +447,19 @@ def test_check_config_accepts_ours_and_refuses_legacy_keys_or_another_reward(tmp
                 [*good, "reward.custom_reward_function.name=compute_score_batched"],
                 [*good, "reward.reward_manager.name=dapo"],
                 [o for o in good if "reward_kwargs" not in o],  # no reward YAML
-                [*good, "+data.system_prompt=You are VALOR"]):
+                [*good, "+data.system_prompt=You are VALOR"],
+                [*good, "+reward.custom_reward_function.reward_kwargs.protocol=harness"],  # the YAML says paper
+                [*good, "+data.apply_chat_template_kwargs.enable_thinking=False"],  # paper trains with thinking on
+                [*good, "data.train_batch_size=32"],  # the reward log would count 320 rollouts a step
+                [*good, "+reward.custom_reward_function.reward_kwargs.sampling=1"]):  # not a parameter
         assert check.main(["--compose", "never", "--", *bad]) == 1, bad
     capsys.readouterr()
+    # Training data written for the other protocol is refused.
+    data = tmp_path / "harness-data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"options": {"protocol": "harness"}}))
+    assert check.main(["--compose", "never", "--", *good, f"data.train_files={data / 'train.parquet'}"]) == 1
+    assert "written for protocol 'harness'" in capsys.readouterr().err
 
     # A final configuration as verl composes it: the legacy sections present, but empty.
     reward_yaml = next(o.split("=", 1)[1] for o in good if "reward_kwargs.config=" in o)
