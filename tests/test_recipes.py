@@ -562,19 +562,84 @@ def test_ablation_dry_run_lists_every_command(trainer, tmp_path, capsys):
          "--set", f"work_dir={work}", "--set", "python=python"])
     assert code == 0 and not work.exists()  # nothing ran
     commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-    assert commands[0] == f"python -m harness run --system llm-tools-qwen3-8b --tasks omni3d_bench --output-path {work}/eval/n0"
+    assert commands[0] == (f"python -m harness run --system llm-tools-qwen3-8b --tasks omni3d_bench --output-path "
+                           f"{work}/eval/n0 --resume")
     for size in (40, 160, 400, 800):
         assert (f"python -m harness training-data --sources omni3d_bench_train,data/generated/queries.jsonl "
-                f"--size {size} --seed 0 --out {work}/data/n{size}") in commands
+                f"--size {size} --seed 0 --protocol paper --out {work}/data/n{size}") in commands
         model = work / ("checkpoints" if trainer == "trl" else "models") / f"n{size}"
         assert (f"python -m harness run --system valor-rl --system-args llm.model={model.resolve()} "
-                f"--label valor-rl-n{size} --tasks omni3d_bench --output-path {work}/eval/n{size}") in commands
+                f"--label valor-rl-n{size} --tasks omni3d_bench --output-path {work}/eval/n{size} --resume") in commands
         batch = min(64, size)
         if trainer == "trl":
             train = next(c for c in commands if f"train_data={work}/data/n{size}/train.jsonl" in c)
             assert train.startswith("accelerate launch") and f"grpo.generation_batch_size={batch * 5}" in train
+            assert "--set protocol=paper" in train
         else:
             train = next(c for c in commands if f"TRAIN_FILES={work}/data/n{size}/train.parquet" in c)
-            assert "recipes/reasoning_grpo_verl/train.sh" in train and f"data.train_batch_size={batch}" in train
+            assert "recipes/reasoning_grpo_verl/train.sh" in train and f"TRAIN_BATCH_SIZE={batch}" in train
+            assert "PROTOCOL=paper" in train and "ROLLOUT_N=5" in train and "TOTAL_EPOCHS=4" in train
             assert f"bash recipes/reasoning_grpo_verl/merge.sh {work}/checkpoints/n{size} {model}" in commands
     assert len(commands) == 1 + 4 * (3 if trainer == "trl" else 4)
+
+
+def _fake_steps(root: Path, crash: tuple[str, int] | None = None) -> list:
+    """Data, train, merge and eval steps as small scripts writing their outputs the way the real
+    ones do: the trainer writes its checkpoint marker at every save (as verl does) and continues
+    from it; ``crash`` (step, point) kills one step at one point, once."""
+    from harness.training.ablation import Step
+
+    script = root / "step.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "name, out, crash_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])\n"
+        "out.parent.mkdir(parents=True, exist_ok=True)\n"
+        "flag = out.parent / f'.crashed-{name}'\n"
+        "if name == 'train':\n"
+        "    done = int(out.read_text()) if out.exists() else 0\n"
+        "    for step in range(done + 1, 5):\n"
+        "        out.write_text(str(step))  # the checkpoint marker, rewritten at every save\n"
+        "        if step == crash_at and not flag.exists():\n"
+        "            flag.write_text('1'); os._exit(9)\n"
+        "else:\n"
+        "    source = {'data': None, 'merge': 'ckpt', 'eval': 'model'}[name]\n"
+        "    text = name + ':' + (out.parent.joinpath(source).read_text() if source else 'rows')\n"
+        "    if crash_at and not flag.exists():\n"
+        "        out.write_text(text[:3]); flag.write_text('1'); os._exit(9)\n"
+        "    out.write_text(text)\n")
+    outputs = {"data": "data", "train": "ckpt", "merge": "model", "eval": "results"}
+    steps = []
+    for name, output in outputs.items():
+        point = crash[1] if crash and crash[0] == name else 0
+        steps.append(Step(name, [sys.executable, str(script), name, str(root / output), str(point)], root / output))
+    return steps
+
+
+@pytest.mark.parametrize("crash", [None, ("data", 1), ("train", 1), ("train", 3), ("train", 4), ("merge", 1),
+                                   ("eval", 1)])
+def test_a_killed_ablation_resumes_to_the_same_outputs(tmp_path, crash):
+    """Killed at any point, the same command run again finishes what an uninterrupted run does:
+    a step counts as done only when its command ended well, whatever outputs it left."""
+    import subprocess
+
+    from harness.training.ablation import run_steps, step_finished
+
+    markers = tmp_path / "done"
+    steps = _fake_steps(tmp_path, crash)
+    if crash:
+        with pytest.raises(subprocess.CalledProcessError):
+            run_steps(steps, markers)
+        killed = next(s for s in steps if s.name == crash[0])
+        assert killed.done.exists() and not step_finished(killed, markers)  # its output is there, unfinished
+    run_steps(steps, markers)
+    assert (tmp_path / "ckpt").read_text() == "4"  # trained to the end, never merged half way
+    assert (tmp_path / "model").read_text() == "merge:4"
+    assert (tmp_path / "results").read_text() == "eval:merge:4"
+    assert all(step_finished(step, markers) for step in steps)
+    # Finished steps are not run again; a step whose command changed is.
+    (tmp_path / "results").write_text("kept")
+    run_steps(steps, markers)
+    assert (tmp_path / "results").read_text() == "kept"
+    steps[-1].argv.append("--another-setting")
+    assert not step_finished(steps[-1], markers)
