@@ -183,3 +183,20 @@ def test_max_concurrency_is_shared_by_every_scoring_process(sandbox):
     alone = RewardModel(config, sandbox=sandbox)
     four = RewardModel(config, sandbox=sandbox, processes=4)
     assert alone.verifier.max_concurrency == 10 and four.verifier.max_concurrency == 3
+
+
+def test_the_protocol_table_is_one_table():
+    """docs/training.md holds the table of every difference between the protocols; the GRPO
+    recipes' READMEs repeat it word for word."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def table(path: Path) -> str:
+        text = path.read_text(encoding="utf-8")
+        return text[text.index("<!-- protocol-table -->"):text.index("<!-- /protocol-table -->")]
+
+    reference = table(repo / "docs" / "training.md")
+    assert reference.count("\n|") >= 12  # header, rule and the details
+    for readme in ("reasoning_grpo_verl", "reasoning_grpo_trl"):
+        assert table(repo / "recipes" / readme / "README.md") == reference, readme

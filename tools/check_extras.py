@@ -70,6 +70,8 @@ DOCUMENTED = (
     InstallSet(("vllm", "tools", "depth"), why="the evaluation environment"),
     InstallSet(("trl-vllm", "api"), why="GRPO and SFT with TRL (recipes/reasoning_grpo_trl, reasoning_sft)"),
     InstallSet(("verl", "api"), why="GRPO with verl (recipes/reasoning_grpo_verl)"),
+    InstallSet(("api",), ("verl==0.9.1", "torch==2.13.0"), why="verl without its rollout engine, on a CPU "
+                                                              "(its start-up check; docs/training.md)"),
 )
 
 
