@@ -256,6 +256,20 @@ def test_trl_grpo_paper_protocol_leaves_failed_judgements_out(tiny_model, tiny_d
     assert any(e["verifier/excluded_completions"] for e in steps)
 
 
+def test_reward_counts_come_from_the_log_history_a_resume_keeps():
+    """TRL restores the log history of the checkpoint it resumes from, so counts summed from it
+    include every finished step once, whatever the killed run logged after its checkpoint."""
+    from harness.training.trl_recipes import reward_totals
+
+    history = [{"step": 1, "verifier/judgements": 8.0, "verifier/failed_judgements": 1.0,
+                "verifier/excluded_completions": 1.0, "reward/completions": 4.0, "reward": 0.5},
+               {"step": 3, "verifier/judgements": 6.0, "verifier/failed_judgements": 0.0,  # the mean of steps 2-3
+                "verifier/excluded_completions": 0.5, "reward/completions": 4.0, "reward": 0.6},
+               {"step": 3, "train_runtime": 10.0}]
+    totals = reward_totals(history)
+    assert totals == {"judgements": 20.0, "failed": 1.0, "unreadable": 0.0, "excluded": 2.0, "completions": 12.0}
+
+
 # ----------------------------------------------------------------------------- SFT baseline
 
 
@@ -454,6 +468,13 @@ def test_check_config_accepts_ours_and_refuses_legacy_keys_or_another_reward(tmp
                 [*good, "+reward.custom_reward_function.reward_kwargs.sampling=1"]):  # not a parameter
         assert check.main(["--compose", "never", "--", *bad]) == 1, bad
     capsys.readouterr()
+    import inspect
+
+    from harness.training import verl_checks, verl_reward
+
+    parameters = [p for p in inspect.signature(verl_reward.compute_score).parameters
+                  if p not in verl_checks.VERL_CALL_KWARGS and p != "_"]
+    assert tuple(parameters) == verl_checks.REWARD_KWARGS  # what the check accepts is what the function takes
     # Training data written for the other protocol is refused.
     data = tmp_path / "harness-data"
     data.mkdir()

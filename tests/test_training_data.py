@@ -22,11 +22,11 @@ from harness.training.agreement import LabelledOutput, LabelsError, measure_agre
 from harness.training.data import (
     DataOptions,
     TrainingDataError,
-    TrainingPrompt,
     build_training_data,
     load_trl_dataset,
     write_training_data,
 )
+from harness.training.prompts import TrainingPrompt
 from harness.training.querygen import (
     QueryGenConfig,
     QueryGenerator,

@@ -20,7 +20,8 @@ Selection (:func:`select_rows`), all seeded:
    a smaller size with the same seed selects a subset of a larger one;
 4. the selected rows shuffled together, so training batches mix the sources.
 
-Each row carries its training prompt, as the protocol (``--protocol``) lays it out:
+Each row carries its training prompt (:mod:`harness.training.prompts`), as the protocol
+(``--protocol``) lays it out:
 
 - ``paper`` (the default): the original's system prompt, read verbatim from the
   pinned upstream file (:mod:`harness.upstream`), as the system message, and the
@@ -48,14 +49,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from harness.systems.llm_program import LLMProgramSystem
 from harness.jsonl import json_objects
 from harness.tasks import TaskRegistry
+from harness.training.prompts import DEFAULT_PROMPT, training_prompt
 from harness.types import AnswerType, Sample
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "prompts/program_writer.md"
 UPSTREAM_SOURCE = "valor_queries"  # the original's training queries, from the pinned upstream file
 UNNAMED_SOURCE = "web-images"  # the original's rows without a data_source: free-form questions on web images
 ABILITY = "spatial_reasoning"
@@ -298,53 +298,6 @@ def select_rows(pools: dict[str, list[QueryRow]], options: DataOptions,
         selected = union[:options.size]
     random.Random(f"{options.seed}:<mix>").shuffle(selected)
     return selected, {origin: len(rows) for origin, rows in unique.items()}
-
-
-# ----------------------------------------------------------------------------- prompts
-
-
-class TrainingPrompt:
-    """The request a program writer gets for a question, made by the evaluation's own code.
-
-    An :class:`LLMProgramSystem` is built only for its prompt: its chat backend
-    is created lazily and never here, so the placeholder backend name is never
-    looked up.
-    """
-
-    def __init__(self, prompt: str = DEFAULT_PROMPT, layout: str = "system",
-                 question_template: str = "{question}") -> None:
-        self._system = LLMProgramSystem("training-data", {
-            "llm": {"backend": "<not used: prompts only>"}, "prompt": prompt, "prompt_layout": layout,
-            "question_template": question_template})
-
-    @property
-    def text(self) -> str:
-        return self._system.prompt
-
-    def messages(self, question: str) -> list[dict[str, str]]:
-        sample = Sample(id="training", task="training", question=question, answer=None, answer_type=AnswerType.NONE)
-        return self._system.messages_for(sample)
-
-
-class PaperTrainingPrompt:
-    """The original training's request: its system prompt file, verbatim and stripped (its line
-    breaks are the two characters backslash and n, as the original sent them), as the system
-    message, and the bare question as the user turn."""
-
-    def __init__(self, data_dir: str | None = None) -> None:
-        from harness.training.protocol import paper_texts
-
-        self.text = paper_texts(data_dir).system_prompt().strip()
-
-    def messages(self, question: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.text}, {"role": "user", "content": question}]
-
-
-def training_prompt(options: DataOptions) -> TrainingPrompt | PaperTrainingPrompt:
-    if options.protocol == "paper":
-        return PaperTrainingPrompt(options.data_dir)
-    return TrainingPrompt(options.prompt or DEFAULT_PROMPT, options.layout or "system",
-                          options.question_template or "{question}")
 
 
 # ----------------------------------------------------------------------------- building and writing

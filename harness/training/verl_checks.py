@@ -257,6 +257,10 @@ def check_config(config: Mapping[str, Any], complete: bool, source: str = "",
     if protocol in ("paper", "harness"):
         _check_protocol(config, protocol, complete, report)
     _check_rollout_log(config, kwargs, complete, report)
+    unknown_kwargs = sorted(set(kwargs) - set(REWARD_KWARGS))
+    if unknown_kwargs:
+        errors.append(f"reward_kwargs {unknown_kwargs} are not parameters of our compute_score "
+                      f"({', '.join(REWARD_KWARGS)})")
     if path and not errors:
         _check_callable(path, name, kwargs, errors)
 
@@ -279,18 +283,18 @@ def _check_protocol(config: Mapping[str, Any], protocol: str, complete: bool, re
         report.warnings.append(f"{THINKING_KEY} = {thinking!r}; the harness protocol trains without thinking")
     if protocol == "harness" and thinking is None and not complete:
         report.warnings.append(f"{THINKING_KEY} is not set; the harness protocol trains without thinking")
-    for files in (get_dotted(config, "data.train_files"),):
-        for name in files if isinstance(files, list) else [files] if files else []:
-            manifest = Path(os.path.expanduser(str(name))).parent / "manifest.json"
-            if not manifest.is_file():
-                continue
-            try:
-                written = (yaml.safe_load(manifest.read_text(encoding="utf-8")).get("options") or {}).get("protocol")
-            except (OSError, yaml.YAMLError, AttributeError):
-                continue
-            if written is not None and written != protocol:
-                report.errors.append(f"{name} was written for protocol {written!r} ({manifest}), the reward's is "
-                                     f"{protocol!r}; write it with `harness training-data --protocol {protocol}`")
+    files = get_dotted(config, "data.train_files")
+    for name in files if isinstance(files, list) else [files] if files else []:
+        manifest = Path(os.path.expanduser(str(name))).parent / "manifest.json"
+        if not manifest.is_file():
+            continue
+        try:
+            written = (yaml.safe_load(manifest.read_text(encoding="utf-8")).get("options") or {}).get("protocol")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if written is not None and written != protocol:
+            report.errors.append(f"{name} was written for protocol {written!r} ({manifest}), the reward's is "
+                                 f"{protocol!r}; write it with `harness training-data --protocol {protocol}`")
 
 
 def _check_rollout_log(config: Mapping[str, Any], kwargs: Mapping[str, Any], complete: bool,
