@@ -99,6 +99,8 @@ def export_original(model: GroundingDinoForObjectDetection, config: GroundingDin
     for j in range(2):
         copy(f"transformer.decoder.ref_point_head.layers.{j}", f"model.decoder.reference_points_head.layers.{j}")
     copy("transformer.decoder.norm", "model.decoder.layer_norm")
+    # The denoising queries' label embedding (dn_labelbook_size + 1 rows), in every released checkpoint.
+    out["label_enc.weight"] = torch.randn(92, config.d_model)
 
     for i in range(config.encoder_layers):
         o, t = f"transformer.encoder.layers.{i}", f"model.encoder.layers.{i}.deformable_layer"
@@ -196,8 +198,14 @@ def test_cli_converts_to_an_equivalent_model(tiny: dict[str, Any], tmp_path: Pat
     printed = capsys.readouterr().out
     # 4 Swin qkv, 1 text-enhancer and 2 x 2 decoder in_proj tensors, weight and bias each.
     assert "split:     18 fused q,k,v keys -> 54 tensors" in printed
-    # relative_position_index x 4, position_ids, pooler weight and bias.
-    assert "ignored:   7 keys" in printed
+    # relative_position_index x 4, position_ids, pooler weight and bias, label_enc.
+    assert "ignored:   8 keys" in printed
+    # Every ignored key is listed under the reason it may be dropped.
+    listed = printed[printed.index("ignored:"):printed.index("'module.' prefix")]
+    assert "denoising label embedding" in listed and "label_enc.weight" in listed
+    for key in ("bert.pooler.dense.weight", "backbone.0.layers.3.blocks.0.attn.relative_position_index",
+                "bert.embeddings.position_ids"):
+        assert key in listed
     assert "'module.' prefix stripped" in printed and "swin.layernorm.weight" in printed
 
     written = {p.name for p in out_dir.iterdir()}

@@ -59,6 +59,7 @@ def judge(body: dict) -> Reply:
 def write_reward_yaml(folder: Path, url: str, cache: bool = True) -> Path:
     path = folder / "reward.yaml"
     path.write_text(yaml.safe_dump({
+        "protocol": "harness",
         "verifier": {"backend": "openai", "model": "judge", "base_url": url, "max_concurrency": 8,
                      "max_retries": 0, "timeout_s": 30},
         "cache": cache, "syntax_workers": 2}))
@@ -130,7 +131,13 @@ def test_grpo_config_maps_the_papers_hyperparameters():
     assert (args.beta, args.epsilon, args.loss_type, args.num_iterations) == (0.01, 0.2, "grpo", 1)
     assert (args.learning_rate, args.weight_decay, args.max_grad_norm, args.num_train_epochs) == (1e-6, 0.01, 1.0, 4)
     assert (args.temperature, args.top_p) == (1.0, 1.0)
-    assert args.chat_template_kwargs == {"enable_thinking": False}
+    # The paper protocol trains with thinking on, as the original did; ours turns it off.
+    assert recipe.protocol == "paper" and not args.chat_template_kwargs
+    harness = grpo_arguments(load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", [
+        "protocol=harness", "grpo.use_cpu=true", "grpo.bf16=false", "grpo.use_vllm=false"]))
+    assert harness.chat_template_kwargs == {"enable_thinking": False}
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", ["protocol=mine"])
     # One optimizer update per 64-prompt generation batch: all its micro-batches accumulate.
     assert args.steps_per_generation == args.gradient_accumulation_steps == 320
     with pytest.raises(ValueError, match="reward YAML"):
@@ -156,9 +163,10 @@ def test_every_recipe_config_loads():
     sampling = load_sampling_recipe(RECIPES / "reasoning_sft/sample.yaml")
     assert (sampling.samples_per_query, sampling.min_reward, sampling.backend["kind"]) == (8, 0.7, "vllm")
     assert load_plan(RECIPES / "ablation_data_size/config.yaml").sizes == [40, 160, 400, 800]
-    for name in ("gemini.yaml", "local_vllm.yaml"):
+    for name, protocol in (("gemini.yaml", "paper"), ("local_vllm.yaml", "harness")):
         config = RewardConfig.from_yaml(RECIPES / "reward_configs" / name)
         assert (config.weights.syntax, config.weights.logic, config.weights.attribute) == (0.1, 0.3, 0.2)
+        assert config.protocol == protocol
 
 
 def test_prompts_over_the_limit_are_dropped_before_training(tiny_model):
@@ -202,8 +210,64 @@ def test_trl_grpo_recipe_runs_two_steps_with_the_real_reward(tiny_model, tiny_da
              for r in judged}
     assert asked == set(VERIFIED_PARTS)
     stats = json.loads((out / "reward_stats.json").read_text())
-    assert stats["completions"] == 8 and stats["judgements"] == 4 * stats["gated"] > 0
+    assert stats["completions"] == 8 and stats["judgements"] > 0 and stats["judgements"] % 4 == 0
+    assert stats["failed"] == stats["excluded"] == 0
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+def test_trl_grpo_paper_protocol_leaves_failed_judgements_out(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """The paper protocol end to end on TRL: the pinned (here: fixture) prompts in one user turn,
+    integer verdicts; a failed judgement makes every part None, so TRL leaves the completion out
+    of its group and of the part means, and the count is logged."""
+    from harness.training import protocol
+    from upstream_fixture import write_upstream
+
+    texts = write_upstream(tmp_path / "upstream")
+    monkeypatch.setattr(protocol, "paper_texts", lambda data_dir=None: texts)
+    out = tmp_path / "grpo"
+
+    def paper_judge(body: dict) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        assert len(body["messages"]) == 1 and prompt.startswith("FIXTURE ")
+        if "FIXTURE SPATIAL CHECK" in prompt and "left of" in prompt:
+            return Reply(status=500)  # the verifier fails on these, every time
+        return Reply(content="Looks right.\n<answer>1</answer>")
+
+    with running_chat_server(monkeypatch) as server:
+        server.respond = paper_judge
+        reward_yaml = tmp_path / "paper.yaml"
+        reward_yaml.write_text(yaml.safe_dump({"protocol": "paper", "cache": False, "syntax_workers": 2, "verifier": {
+            "backend": "openai", "model": "judge", "base_url": server.url, "max_retries": 0, "timeout_s": 30}}))
+        code = load_entry("reasoning_grpo_trl/train.py").main([
+            "--config", str(RECIPES / "reasoning_grpo_trl/config_cpu_tiny.yaml"), "--set", "protocol=paper",
+            "--set", "grpo.chat_template_kwargs={enable_thinking: false}",  # the tiny model learned that template
+            "--set", f"model={tiny_model}", "--set", f"train_data={tiny_data / 'train.jsonl'}",
+            "--set", f"output_dir={out}", "--set", f"reward_config={reward_yaml}", "--set", "grpo.max_steps=4"])
+    assert code == 0
+    steps = [e for e in json.loads((out / "training_log.json").read_text()) if "reward" in e]
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats["excluded"] > 0 and stats["failed"] == stats["excluded"]  # one part fails per excluded reply
+    assert stats["excluded"] == sum(e["verifier/excluded_completions"] for e in steps)
+    for entry in steps:
+        # Every judged reply gets 1 on every part, so each part's mean is the format gate's: a failed
+        # judgement left the completion out, where a 0 would have pulled the spatial mean below it.
+        for part in ("logic", "attribute", "spatial", "adherence"):
+            assert entry[f"rewards/{part}/mean"] == pytest.approx(entry["rewards/format/mean"])
+    assert any(e["verifier/excluded_completions"] for e in steps)
+
+
+def test_reward_counts_come_from_the_log_history_a_resume_keeps():
+    """TRL restores the log history of the checkpoint it resumes from, so counts summed from it
+    include every finished step once, whatever the killed run logged after its checkpoint."""
+    from harness.training.trl_recipes import reward_totals
+
+    history = [{"step": 1, "verifier/judgements": 8.0, "verifier/failed_judgements": 1.0,
+                "verifier/excluded_completions": 1.0, "reward/completions": 4.0, "reward": 0.5},
+               {"step": 3, "verifier/judgements": 6.0, "verifier/failed_judgements": 0.0,  # the mean of steps 2-3
+                "verifier/excluded_completions": 0.5, "reward/completions": 4.0, "reward": 0.6},
+               {"step": 3, "train_runtime": 10.0}]
+    totals = reward_totals(history)
+    assert totals == {"judgements": 20.0, "failed": 1.0, "unreadable": 0.0, "excluded": 2.0, "completions": 12.0}
 
 
 # ----------------------------------------------------------------------------- SFT baseline
@@ -277,33 +341,55 @@ def test_verl_compute_score_in_a_running_event_loop(tiny_data, tmp_path, monkeyp
     import pyarrow.parquet as pq
 
     from harness.training import verl_reward
+    from harness.training.rollout_log import read_rollouts, summarize
 
     rows = pq.read_table(tiny_data / "train.parquet").to_pylist()
+    logs, checkpoints = tmp_path / "reward_log", tmp_path / "checkpoints"
     with running_chat_server(monkeypatch) as server:
         server.respond = judge
         config = str(write_reward_yaml(tmp_path, server.url, cache=False))
 
-        async def rollouts() -> list[dict]:
+        async def rollouts(run: str, replies: list[str]) -> list[dict]:
             # As verl's reward loop calls it: keyword arguments, many at once, reward_kwargs merged in.
             calls = [verl_reward.compute_score(data_source=row["data_source"], solution_str=reply,
                                                ground_truth=row["reward_model"]["ground_truth"],
-                                               extra_info={**row["extra_info"], "num_turns": 2}, config=config)
-                     for row, reply in zip(rows, [GOOD, GOOD, CRASHES, "no tags at all"])]
+                                               extra_info={**row["extra_info"], "num_turns": 2}, config=config,
+                                               protocol="harness", processes=2, log_dir=str(logs), run=run,
+                                               rollouts_per_step=2, checkpoint_dir=str(checkpoints))
+                     for row, reply in zip(rows, replies)]
             return await asyncio.gather(*calls)
 
         try:
-            results = asyncio.run(rollouts())
+            results = asyncio.run(rollouts("first", [GOOD, GOOD, CRASHES, "no tags at all"]))
+            judged = len(server.requests)
+            # Killed during step 3 after a checkpoint at step 1: the next launch redoes steps 2 and 3.
+            asyncio.run(rollouts("first", [GOOD]))
+            checkpoints.mkdir()
+            (checkpoints / "latest_checkpointed_iteration.txt").write_text("1\n")
+            asyncio.run(rollouts("second", [CRASHES, CRASHES, GOOD]))
         finally:
-            verl_reward.reward_model(config).close()
+            verl_reward.reward_model(config, "harness", 2).close()
             verl_reward.reward_model.cache_clear()
-        judged = len(server.requests)
-    assert all({"score", *PARTS, "verifier_failures"} <= set(r) for r in results)
+            verl_reward.rollout_log.cache_clear()
+    assert all({"score", *PARTS, "verifier_failures", "excluded"} <= set(r) for r in results)
     assert results[0]["score"] == pytest.approx(1.0)
     assert rows[2]["extra_info"]["question"] == QUESTIONS[2]
     assert results[2]["syntax"] == 0.0 and results[2]["spatial"] == 0.0  # crashes; 'left of' judged 0
     assert results[2]["score"] == pytest.approx(0.7)
-    assert results[3] == {**dict.fromkeys(PARTS, 0.0), "score": 0.0, "verifier_failures": 0.0}
+    assert results[3] == {**dict.fromkeys(PARTS, 0.0), "score": 0.0, "verifier_failures": 0.0, "excluded": 0.0,
+                          "unreadable_verdicts": 0.0}
     assert judged == 3 * len(VERIFIED_PARTS)  # the unformatted reply was never sent
+    # Every rollout is in the log with its step; the resumed launch replaced the unfinished steps.
+    entries = read_rollouts(logs)
+    assert [(e["run"], e["step"]) for e in entries] == [("first", 1), ("first", 1), ("second", 2), ("second", 2),
+                                                        ("second", 3)]
+    per_step = summarize(entries)
+    assert [(r["step"], r["rollouts"]) for r in per_step] == [(1, 2), (2, 2), (3, 1)]
+    assert per_step[1]["syntax"] == 0.0 and per_step[2]["score"] == pytest.approx(0.8)  # "left of": spatial 0
+    from harness.leaderboard.rewardlog import read_reward_log
+
+    curve = read_reward_log(logs / "rollouts.jsonl")  # plot-rewards reads it as it is
+    assert curve.steps == [1.0, 2.0, 3.0] and curve.series["syntax"][1] == 0.0
 
 
 def _train_sh_commands(tmp_path: Path, *extra: str, **env: str) -> list[list[str]]:
@@ -333,18 +419,29 @@ def test_verl_launch_script_checks_then_trains_with_the_papers_settings(tmp_path
                        "actor_rollout_ref.actor.kl_loss_type": "low_var_kl", "actor_rollout_ref.actor.clip_ratio": "0.2",
                        "data.max_prompt_length": "6000", "data.max_response_length": "2000",
                        "actor_rollout_ref.rollout.temperature": "1.0", "actor_rollout_ref.rollout.name": "vllm",
-                       "data.apply_chat_template_kwargs.enable_thinking": "False",
                        "trainer.n_gpus_per_node": "8", "actor_rollout_ref.actor.fsdp_config.param_offload": "True",
                        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": "True",
                        "reward.custom_reward_function.name": "compute_score",
-                       "reward.reward_manager.name": "naive"}.items():
+                       "reward.reward_manager.name": "naive", "reward.num_workers": "8",
+                       "reward.custom_reward_function.reward_kwargs.protocol": "paper",
+                       "reward.custom_reward_function.reward_kwargs.processes": "8",
+                       "reward.custom_reward_function.reward_kwargs.rollouts_per_step": "320"}.items():
         assert settings[key] == value, key
     assert overrides[-1] == "trainer.total_epochs=1"  # the caller's overrides come last and win
     assert Path(settings["reward.custom_reward_function.path"]) == REPO / "harness/training/verl_reward.py"
+    # The paper protocol trains with thinking on, as the original did: nothing is passed.
+    assert not any("enable_thinking" in o for o in overrides)
+    assert settings["reward.custom_reward_function.reward_kwargs.log_dir"].endswith("/reward_log")
+    assert Path(settings["reward.custom_reward_function.reward_kwargs.checkpoint_dir"]).is_absolute()
 
     (tmp_path / "limited").mkdir()
-    _, limited = _train_sh_commands(tmp_path / "limited", REWARD_MANAGER="rate_limited")
-    assert "reward.reward_manager.name=rate_limited" in limited and "+reward.max_concurrent=64" in limited
+    _, limited = _train_sh_commands(tmp_path / "limited", REWARD_MANAGER="rate_limited", PROTOCOL="harness",
+                                    TRAIN_BATCH_SIZE="40", REWARD_WORKERS="4")
+    # REWARD_MAX_CONCURRENT (64) is the total over the 4 workers, each limiting itself.
+    assert "reward.reward_manager.name=rate_limited" in limited and "+reward.max_concurrent=16" in limited
+    assert "+data.apply_chat_template_kwargs.enable_thinking=False" in limited
+    assert "data.train_batch_size=40" in limited and "actor_rollout_ref.actor.ppo_mini_batch_size=40" in limited
+    assert "+reward.custom_reward_function.reward_kwargs.rollouts_per_step=200" in limited
 
 
 def test_check_config_accepts_ours_and_refuses_legacy_keys_or_another_reward(tmp_path, capsys):
@@ -364,9 +461,26 @@ def test_check_config_accepts_ours_and_refuses_legacy_keys_or_another_reward(tmp
                 [*good, "reward.custom_reward_function.name=compute_score_batched"],
                 [*good, "reward.reward_manager.name=dapo"],
                 [o for o in good if "reward_kwargs" not in o],  # no reward YAML
-                [*good, "+data.system_prompt=You are VALOR"]):
+                [*good, "+data.system_prompt=You are VALOR"],
+                [*good, "+reward.custom_reward_function.reward_kwargs.protocol=harness"],  # the YAML says paper
+                [*good, "+data.apply_chat_template_kwargs.enable_thinking=False"],  # paper trains with thinking on
+                [*good, "data.train_batch_size=32"],  # the reward log would count 320 rollouts a step
+                [*good, "+reward.custom_reward_function.reward_kwargs.sampling=1"]):  # not a parameter
         assert check.main(["--compose", "never", "--", *bad]) == 1, bad
     capsys.readouterr()
+    import inspect
+
+    from harness.training import verl_checks, verl_reward
+
+    parameters = [p for p in inspect.signature(verl_reward.compute_score).parameters
+                  if p not in verl_checks.VERL_CALL_KWARGS and p != "_"]
+    assert tuple(parameters) == verl_checks.REWARD_KWARGS  # what the check accepts is what the function takes
+    # Training data written for the other protocol is refused.
+    data = tmp_path / "harness-data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"options": {"protocol": "harness"}}))
+    assert check.main(["--compose", "never", "--", *good, f"data.train_files={data / 'train.parquet'}"]) == 1
+    assert "written for protocol 'harness'" in capsys.readouterr().err
 
     # A final configuration as verl composes it: the legacy sections present, but empty.
     reward_yaml = next(o.split("=", 1)[1] for o in good if "reward_kwargs.config=" in o)
@@ -469,19 +583,84 @@ def test_ablation_dry_run_lists_every_command(trainer, tmp_path, capsys):
          "--set", f"work_dir={work}", "--set", "python=python"])
     assert code == 0 and not work.exists()  # nothing ran
     commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-    assert commands[0] == f"python -m harness run --system llm-tools-qwen3-8b --tasks omni3d_bench --output-path {work}/eval/n0"
+    assert commands[0] == (f"python -m harness run --system llm-tools-qwen3-8b --tasks omni3d_bench --output-path "
+                           f"{work}/eval/n0 --resume")
     for size in (40, 160, 400, 800):
         assert (f"python -m harness training-data --sources omni3d_bench_train,data/generated/queries.jsonl "
-                f"--size {size} --seed 0 --out {work}/data/n{size}") in commands
+                f"--size {size} --seed 0 --protocol paper --out {work}/data/n{size}") in commands
         model = work / ("checkpoints" if trainer == "trl" else "models") / f"n{size}"
         assert (f"python -m harness run --system valor-rl --system-args llm.model={model.resolve()} "
-                f"--label valor-rl-n{size} --tasks omni3d_bench --output-path {work}/eval/n{size}") in commands
+                f"--label valor-rl-n{size} --tasks omni3d_bench --output-path {work}/eval/n{size} --resume") in commands
         batch = min(64, size)
         if trainer == "trl":
             train = next(c for c in commands if f"train_data={work}/data/n{size}/train.jsonl" in c)
             assert train.startswith("accelerate launch") and f"grpo.generation_batch_size={batch * 5}" in train
+            assert "--set protocol=paper" in train
         else:
             train = next(c for c in commands if f"TRAIN_FILES={work}/data/n{size}/train.parquet" in c)
-            assert "recipes/reasoning_grpo_verl/train.sh" in train and f"data.train_batch_size={batch}" in train
+            assert "recipes/reasoning_grpo_verl/train.sh" in train and f"TRAIN_BATCH_SIZE={batch}" in train
+            assert "PROTOCOL=paper" in train and "ROLLOUT_N=5" in train and "TOTAL_EPOCHS=4" in train
             assert f"bash recipes/reasoning_grpo_verl/merge.sh {work}/checkpoints/n{size} {model}" in commands
     assert len(commands) == 1 + 4 * (3 if trainer == "trl" else 4)
+
+
+def _fake_steps(root: Path, crash: tuple[str, int] | None = None) -> list:
+    """Data, train, merge and eval steps as small scripts writing their outputs the way the real
+    ones do: the trainer writes its checkpoint marker at every save (as verl does) and continues
+    from it; ``crash`` (step, point) kills one step at one point, once."""
+    from harness.training.ablation import Step
+
+    script = root / "step.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "name, out, crash_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])\n"
+        "out.parent.mkdir(parents=True, exist_ok=True)\n"
+        "flag = out.parent / f'.crashed-{name}'\n"
+        "if name == 'train':\n"
+        "    done = int(out.read_text()) if out.exists() else 0\n"
+        "    for step in range(done + 1, 5):\n"
+        "        out.write_text(str(step))  # the checkpoint marker, rewritten at every save\n"
+        "        if step == crash_at and not flag.exists():\n"
+        "            flag.write_text('1'); os._exit(9)\n"
+        "else:\n"
+        "    source = {'data': None, 'merge': 'ckpt', 'eval': 'model'}[name]\n"
+        "    text = name + ':' + (out.parent.joinpath(source).read_text() if source else 'rows')\n"
+        "    if crash_at and not flag.exists():\n"
+        "        out.write_text(text[:3]); flag.write_text('1'); os._exit(9)\n"
+        "    out.write_text(text)\n")
+    outputs = {"data": "data", "train": "ckpt", "merge": "model", "eval": "results"}
+    steps = []
+    for name, output in outputs.items():
+        point = crash[1] if crash and crash[0] == name else 0
+        steps.append(Step(name, [sys.executable, str(script), name, str(root / output), str(point)], root / output))
+    return steps
+
+
+@pytest.mark.parametrize("crash", [None, ("data", 1), ("train", 1), ("train", 3), ("train", 4), ("merge", 1),
+                                   ("eval", 1)])
+def test_a_killed_ablation_resumes_to_the_same_outputs(tmp_path, crash):
+    """Killed at any point, the same command run again finishes what an uninterrupted run does:
+    a step counts as done only when its command ended well, whatever outputs it left."""
+    import subprocess
+
+    from harness.training.ablation import run_steps, step_finished
+
+    markers = tmp_path / "done"
+    steps = _fake_steps(tmp_path, crash)
+    if crash:
+        with pytest.raises(subprocess.CalledProcessError):
+            run_steps(steps, markers)
+        killed = next(s for s in steps if s.name == crash[0])
+        assert killed.done.exists() and not step_finished(killed, markers)  # its output is there, unfinished
+    run_steps(steps, markers)
+    assert (tmp_path / "ckpt").read_text() == "4"  # trained to the end, never merged half way
+    assert (tmp_path / "model").read_text() == "merge:4"
+    assert (tmp_path / "results").read_text() == "eval:merge:4"
+    assert all(step_finished(step, markers) for step in steps)
+    # Finished steps are not run again; a step whose command changed is.
+    (tmp_path / "results").write_text("kept")
+    run_steps(steps, markers)
+    assert (tmp_path / "results").read_text() == "kept"
+    steps[-1].argv.append("--another-setting")
+    assert not step_finished(steps[-1], markers)

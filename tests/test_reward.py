@@ -50,7 +50,8 @@ def sandbox():
 
 
 def reward_model(sandbox, verifier, **config) -> RewardModel:
-    return RewardModel(RewardConfig(**config), verifier=verifier, sandbox=sandbox)
+    """The harness protocol's reward (tests/test_reward_protocol.py covers the paper's)."""
+    return RewardModel(RewardConfig(**{"protocol": "harness", **config}), verifier=verifier, sandbox=sandbox)
 
 
 def test_a_good_program_earns_every_part(sandbox):

@@ -22,11 +22,11 @@ from harness.training.agreement import LabelledOutput, LabelsError, measure_agre
 from harness.training.data import (
     DataOptions,
     TrainingDataError,
-    TrainingPrompt,
     build_training_data,
     load_trl_dataset,
     write_training_data,
 )
+from harness.training.prompts import TrainingPrompt
 from harness.training.querygen import (
     QueryGenConfig,
     QueryGenerator,
@@ -83,7 +83,7 @@ def sources(tmp_path):
 
 def build(sources: dict, **options: Any):
     return build_training_data(["omni3d_bench_train", sources["generated"]],
-                               DataOptions(data_dir=sources["data_dir"], **options))
+                               DataOptions(protocol="harness", data_dir=sources["data_dir"], **options))
 
 
 def by_source(data) -> Counter:
@@ -133,12 +133,12 @@ def test_identical_questions_are_dropped_within_and_across_sources(tmp_path):
         {"image": "y.jpg", "query": "How far is the red lamp 0 from the sofa  in meters?"},  # as line 1
     ])
     sources = ["omni3d_bench_train", str(generated)]
-    data = build_training_data(sources, DataOptions(data_dir=str(data_dir)))
+    data = build_training_data(sources, DataOptions(protocol="harness", data_dir=str(data_dir)))
     assert data.counts["omni3d_bench_train"].read == 30 and data.counts["omni3d_bench_train"].unique == 7
     assert data.counts[str(generated)].read == 5 and data.counts[str(generated)].unique == 3
     questions = [r.question.lower().split() for r in data.rows]
     assert len(questions) == len({tuple(q) for q in questions}) == 10
-    kept = build_training_data(sources, DataOptions(data_dir=str(data_dir), dedup=False))
+    kept = build_training_data(sources, DataOptions(protocol="harness", data_dir=str(data_dir), dedup=False))
     assert len(kept.rows) == 35
 
 
@@ -157,7 +157,7 @@ def test_prompts_are_the_evaluation_systems_own(sources):
     for row, messages in zip(user.rows, user.messages):
         assert messages == evaluation_messages("user", row.question) and len(messages) == 1
     with pytest.raises(TrainingDataError, match="layout"):
-        DataOptions(layout="both")
+        DataOptions(protocol="harness", layout="both")
     assert TrainingPrompt(question_template="Question: {question}").messages("Q?")[1]["content"] == "Question: Q?"
 
 
@@ -172,7 +172,7 @@ def _keys(value: Any) -> set[str]:
 def test_both_formats_read_back_and_carry_no_answer(sources, tmp_path):
     out = tmp_path / "out"
     info = write_training_data(["omni3d_bench_train", sources["generated"]], out,
-                               DataOptions(size=20, seed=1, data_dir=sources["data_dir"]))
+                               DataOptions(protocol="harness", size=20, seed=1, data_dir=sources["data_dir"]))
     assert info["rows"] == 20 and info["rows_per_data_source"] == {"omni3d_bench_train": 10, "generated": 10}
     assert info["counts"]["omni3d_bench_train"]["selected"] == 10
     assert json.loads((out / "manifest.json").read_text()) == info
@@ -200,10 +200,11 @@ def test_both_formats_read_back_and_carry_no_answer(sources, tmp_path):
 
 
 def test_evaluation_tasks_are_refused_unless_asked_for(sources):
-    options = DataOptions(data_dir=sources["data_dir"])
+    options = DataOptions(protocol="harness", data_dir=sources["data_dir"])
     with pytest.raises(TrainingDataError, match="evaluation task"):
         build_training_data(["omni3d_bench"], options)
-    allowed = build_training_data(["omni3d_bench"], DataOptions(data_dir=sources["data_dir"], allow_eval_tasks=True))
+    allowed = build_training_data(["omni3d_bench"], DataOptions(protocol="harness", data_dir=sources["data_dir"],
+                                                                allow_eval_tasks=True))
     assert len(allowed.rows) == 100
 
 
@@ -211,23 +212,48 @@ def test_malformed_query_files_name_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "Is the cup left of the plate?"}\n{"image": "a.jpg"}\n')
     with pytest.raises(TrainingDataError, match=r"bad.jsonl:2: needs a non-empty string 'query'"):
-        build_training_data([str(bad)])
+        build_training_data([str(bad)], DataOptions(protocol="harness"))
     torn = tmp_path / "torn.jsonl"
     torn.write_text('{"query": "Is the cup left of the plate?"}\n{"query": "How ma')
-    data = build_training_data([str(torn)])
+    data = build_training_data([str(torn)], DataOptions(protocol="harness"))
     assert [r.question for r in data.rows] == ["Is the cup left of the plate?"] and data.rows[0].source == "torn"
 
 
 def test_training_data_cli(sources, tmp_path, capsys):
     out = tmp_path / "cli-out"
     code = cli_main(["training-data", "--sources", f"omni3d_bench_train,{sources['generated']}", "--out", str(out),
-                     "--size", "8", "--seed", "2", "--data-dir", sources["data_dir"]])
+                     "--size", "8", "--seed", "2", "--data-dir", sources["data_dir"], "--protocol", "harness"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "omni3d_bench_train" in printed and "8 rows written" in printed
     assert {p.name for p in out.iterdir()} == {"train.parquet", "train.jsonl", "manifest.json"}
     assert cli_main(["training-data", "--sources", "omni3d_bench_train", "--out", str(out), "--size", "999",
-                     "--data-dir", sources["data_dir"]]) == 2
+                     "--data-dir", sources["data_dir"], "--protocol", "harness"]) == 2
+
+
+def test_paper_protocol_data_from_the_pinned_queries_and_prompt(tmp_path, monkeypatch, capsys):
+    """The original's 816 queries and system prompt come from the pinned upstream files (here the
+    fixture's): the system prompt verbatim as the system turn, the bare question as the user turn."""
+    from harness.training import protocol
+    from upstream_fixture import QUERIES, SYSTEM_PROMPT, write_upstream
+
+    texts = write_upstream(tmp_path / "upstream")
+    monkeypatch.setattr(protocol, "paper_texts", lambda data_dir=None: texts)
+    out = tmp_path / "paper"
+    assert cli_main(["training-data", "--sources", "valor_queries", "--keep-duplicates", "--out", str(out)]) == 0
+    rows = load_trl_dataset(out / "train.jsonl")
+    assert sorted(rows["question"]) == sorted(QUERIES)  # every row, the repeated one too
+    for row in rows:
+        assert row["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["question"]}]
+        assert "\\n" in row["prompt"][0]["content"]  # the original's literal backslash-n, not line breaks
+    assert sorted(set(rows["source"])) == ["omni3d-bench", "web-images"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["protocol"] == "paper" and manifest["rows"] == 4
+    capsys.readouterr()
+    assert cli_main(["training-data", "--sources", "valor_queries", "--layout", "user", "--out", str(out)]) == 2
+    assert "the paper protocol lays prompts out" in capsys.readouterr().err
+    deduplicated = build_training_data(["valor_queries"], DataOptions())
+    assert len(deduplicated.rows) == 3
 
 
 # ----------------------------------------------------------------------------- query generation
@@ -421,8 +447,10 @@ def test_agreement_with_a_scripted_verifier(tmp_path, capsys):
     labels, script_path = write_labels(tmp_path / "labels.jsonl", items), verifier_script(
         tmp_path / "verifier.jsonl", items, verdicts)
     output = tmp_path / "report.json"
+    reward = tmp_path / "reward.yaml"
+    reward.write_text("protocol: harness\n")  # the scripted verifier answers our protocol's JSON
     code = cli_main(["verifier-agreement", str(labels), "--verifier", f"scripted:{script_path}", "--output-path",
-                     str(output)])
+                     str(output), "--reward-config", str(reward)])
     assert code == 0
     report = json.loads(output.read_text())
     parts = report["parts"]

@@ -17,7 +17,8 @@ from harness.tasks import TaskRegistry
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("training-data", help="write label-free training queries for verl (parquet) and TRL (JSONL)")
     p.add_argument("--sources", required=True,
-                   help="comma-separated task names (e.g. omni3d_bench_train) and JSONL files of generated queries")
+                   help="comma-separated task names (e.g. omni3d_bench_train), JSONL files of generated queries, and "
+                        "valor_queries (the original's 816 training queries, from the pinned upstream file)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for train.parquet, train.jsonl and manifest.json")
     p.add_argument("--size", type=int, metavar="N", help="rows in all (default: every unique question)")
@@ -25,11 +26,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--unbalanced", action="store_true",
                    help="a uniform sample of all sources (default: an equal share per source)")
     p.add_argument("--keep-duplicates", action="store_true", help="keep identical questions")
-    p.add_argument("--layout", choices=["system", "user"], default="system",
-                   help="prompt in the system message (default, as the paper trained) or with the question")
-    p.add_argument("--prompt", default="prompts/program_writer.md", metavar="FILE",
-                   help="program-writing prompt ({api} is replaced by the tool API; default: %(default)s)")
-    p.add_argument("--question-template", default="{question}", help="the user turn (default: %(default)s)")
+    p.add_argument("--protocol", choices=["paper", "harness"], default="paper",
+                   help="paper (default): the original's system prompt (pinned upstream file) and the bare question; "
+                        "harness: our prompt file and layout (the three options below)")
+    p.add_argument("--layout", choices=["system", "user"],
+                   help="harness: prompt in the system message (default, as the paper trained) or with the question")
+    p.add_argument("--prompt", metavar="FILE",
+                   help="harness: program-writing prompt ({api} is replaced by the tool API; "
+                        "default: prompts/program_writer.md)")
+    p.add_argument("--question-template", help="harness: the user turn (default: {question})")
     p.add_argument("--allow-eval-tasks", action="store_true", help="allow tasks that have answers (evaluation data)")
     p.add_argument("--data-dir", metavar="DIR", help="local copies of the datasets (default: $HARNESS_DATA_DIR)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR")
@@ -73,12 +78,15 @@ def cmd_training_data(args: argparse.Namespace) -> int:
         write_training_data,
     )
 
-    options = DataOptions(size=args.size, balanced=not args.unbalanced, seed=args.seed, dedup=not args.keep_duplicates,
-                          layout=args.layout, prompt=args.prompt, question_template=args.question_template,
-                          data_dir=args.data_dir, allow_eval_tasks=args.allow_eval_tasks)
+    from harness.upstream import UpstreamAssetError
+
     try:
+        options = DataOptions(size=args.size, balanced=not args.unbalanced, seed=args.seed,
+                              dedup=not args.keep_duplicates, protocol=args.protocol, layout=args.layout,
+                              prompt=args.prompt, question_template=args.question_template, data_dir=args.data_dir,
+                              allow_eval_tasks=args.allow_eval_tasks)
         info = write_training_data(split_sources(args.sources), args.out, options, TaskRegistry(args.include_path))
-    except TrainingDataError as exc:
+    except (TrainingDataError, UpstreamAssetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(tabulate(counts_table(info), headers=["source", "read", "unique", "selected", "unreadable"],
@@ -137,7 +145,15 @@ def cmd_verifier_agreement(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        report = measure_agreement(outputs, verifier, reward.verifier_sampling)
+        from harness.training.protocol import make_protocol, paper_texts
+        from harness.upstream import UpstreamAssetError
+
+        try:
+            protocol = make_protocol(reward.protocol, paper_texts(reward.data_dir) if reward.protocol == "paper" else None)
+        except UpstreamAssetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report = measure_agreement(outputs, verifier, reward.verifier_sampling, protocol)
     finally:
         verifier.close()
     print(format_report(report))

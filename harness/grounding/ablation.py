@@ -10,8 +10,9 @@ accuracies differ by grounding alone. The base detector's row replays the same
 programs unchanged. The table (Markdown and CSV) is written from the
 evaluations' ``results.json``.
 
-Every step is a command: ``--dry-run`` prints them, and a step whose output
-exists is skipped, so a killed ablation resumes.
+Every step is a command: ``--dry-run`` prints them, and a step that finished
+(its command exited with success: a marker in ``<work_dir>/done``, see
+:func:`harness.training.ablation.run_steps`) is skipped, so a killed ablation resumes.
 """
 
 from __future__ import annotations

@@ -3,9 +3,20 @@
 The recipe of the paper (its Table 11), as ``DetectorTrainConfig``'s defaults:
 AdamW, learning rate 1e-6, weight decay 1e-4, batch 16, 4 epochs, StepLR with
 gamma 0.1, gradient clipping at norm 0.1, the Swin backbone and the BERT text
-encoder frozen. The model is transformers' ``GroundingDinoForObjectDetection``
-with the PIL image processor, loaded exactly as the ``gd_detect`` tool loads it,
-trained with the corrected loss of :mod:`harness.grounding.loss`.
+encoder frozen. Where the paper is silent, VALOR's Open-GroundingDino config
+(``cfg_odvg.py``) decides: its regularisation (no dropout in the transformer,
+stochastic depth 0.2 in the Swin backbone, 0.1 in the image-text fusion) and its
+parameter groups (``lr_backbone`` for the encoders when they train,
+``lr_linear_proj`` for the reference-point head and the deformable sampling
+offsets). The model is transformers' ``GroundingDinoForObjectDetection`` with the
+PIL image processor, loaded exactly as the ``gd_detect`` tool loads it, trained
+with the corrected loss of :mod:`harness.grounding.loss`.
+
+Runs are seeded: the draws, the captions and every random mask (stochastic
+depth) come from ``seed``, re-seeded at each epoch, so two runs of one config
+give the same losses and a resumed run continues as the uninterrupted one
+would. Several processes (``torchrun``, :mod:`harness.grounding.distributed`)
+share each step's images; the optimiser step is the same as on one process.
 
 An output folder holds ``train_log.jsonl`` (one line per optimiser step: epoch,
 learning rate, loss and each of its terms), ``run_info.json``, one checkpoint per
@@ -26,11 +37,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from tqdm import tqdm
 
-from harness.devices import resolve_device
+from harness.grounding import distributed
 from harness.grounding.odvg import OdvgDataset, read_odvg, subset_size
 from harness.jsonl import JsonlAppender, json_objects
 from harness.results import write_json_atomically
@@ -48,6 +59,10 @@ _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 # Settings that may change when a run is resumed (more epochs, another machine).
 RESUMABLE_CHANGES = ("epochs", "device", "precision", "num_workers", "check_images", "progress")
 PRECISIONS = ("auto", "float32", "bfloat16")
+# Open-GroundingDino's lr_backbone_names (backbone.0, bert) and lr_linear_proj_names
+# (ref_point_head, sampling_offsets), under transformers' parameter names.
+BACKBONE_NAMES = ("model.backbone.", "model.text_backbone.")
+LINEAR_PROJ_NAMES = ("reference_points_head", "sampling_offsets")
 
 
 @dataclass
@@ -67,6 +82,16 @@ class DetectorTrainConfig:
     lr_step_epochs: int = 4  # StepLR step_size, in epochs
     lr_gamma: float = 0.1
     max_grad_norm: float = 0.1
+    # Parameter groups as Open-GroundingDino forms them (None: learning_rate). Names are
+    # matched as substrings of the transformers parameter names.
+    lr_backbone: float | None = None
+    lr_backbone_names: list[str] = field(default_factory=lambda: list(BACKBONE_NAMES))
+    lr_linear_proj: float | None = None
+    lr_linear_proj_names: list[str] = field(default_factory=lambda: list(LINEAR_PROJ_NAMES))
+    # Regularisation as Open-GroundingDino trains (transformers' defaults: 0.1, 0.1, 0.1).
+    dropout: float = 0.0  # transformer encoder and decoder layers
+    drop_path: float = 0.2  # stochastic depth of the Swin blocks (rising linearly to this)
+    fusion_drop_path: float = 0.1  # stochastic depth of the image-text fusion layers
     freeze_backbone: bool = True  # Swin
     freeze_text_encoder: bool = True  # BERT
     auxiliary_loss: bool = True  # a loss on every decoder layer, as Open-GroundingDino trains
@@ -89,6 +114,12 @@ class DetectorTrainConfig:
         for name in ("epochs", "batch_size", "micro_batch_size", "lr_step_epochs", "max_phrases"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("dropout", "drop_path", "fusion_drop_path"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("lr_backbone", "lr_linear_proj"):
+            if getattr(self, name) is not None and float(getattr(self, name)) < 0:
+                problems.append(f"{name} must be a learning rate (>= 0) or null, got {getattr(self, name)!r}")
         if not problems and self.batch_size % self.micro_batch_size:
             problems.append(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                             f"({self.micro_batch_size})")
@@ -104,7 +135,13 @@ class DetectorTrainConfig:
 
     @property
     def accumulation(self) -> int:
+        """Micro-batches per optimiser step over all processes."""
         return self.batch_size // self.micro_batch_size
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The regularisation, set in the model's config before its layers are built."""
+        return {"dropout": float(self.dropout), "backbone_config.drop_path_rate": float(self.drop_path),
+                "fusion_droppath": float(self.fusion_drop_path)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,15 +201,20 @@ class DetectorTrainer:
             saved = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
             self._check_resumable(saved["config"], state_dir)
             self.step = int(saved["step"])
-        self.device = resolve_device(config.device)
+        self.world, self.device = distributed.join(config.device)
+        if config.batch_size % (config.micro_batch_size * self.world.size):
+            log.warning("batch_size %d is not a multiple of micro_batch_size x processes (%d x %d): the processes "
+                        "get unequal shares of each step", config.batch_size, config.micro_batch_size, self.world.size)
         self.dtype = training_dtype(config.precision, self.device)
         self.data: OdvgDataset = read_odvg(config.data, check_images=config.check_images).subset(
             config.subset, config.seed)
         self.model, self.processor = load_grounding_dino(str(state_dir) if state_dir else config.checkpoint,
                                                          None if state_dir else config.revision,
-                                                         config.original_config)
+                                                         config.original_config,
+                                                         config_overrides=config.model_overrides())
         self.trainable = self._prepare_model()
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step_epochs,
                                                          gamma=config.lr_gamma)
         if state_dir is not None:
@@ -209,8 +251,9 @@ class DetectorTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _batches(self, epoch: int) -> Iterable[dict[str, Any]]:
-        """The epoch's micro-batches, in draw order (images are decoded in ``num_workers`` processes)."""
+    def _batches(self, epoch: int, plan: list[tuple[list[list[int]], int]]) -> Iterable[dict[str, Any]]:
+        """This process's micro-batches of the epoch, in step order (images are decoded in
+        ``num_workers`` processes)."""
         import torch
 
         from harness.grounding.finetune_data import BalancedSampler, Collator, EpochDataset, PhraseBudget
@@ -219,8 +262,11 @@ class DetectorTrainer:
         sampler = BalancedSampler(self.data.sources(), config.seed, config.balanced_sources)
         budget = PhraseBudget(self.processor.tokenizer, self.model.config.max_text_len)
         dataset = EpochDataset(self.data, sampler.epoch(epoch), budget, config.max_phrases, config.seed, epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=config.micro_batch_size, shuffle=False,
-                                           num_workers=config.num_workers, collate_fn=Collator(self.processor))
+        micro_batches = [positions for mine, _ in plan for positions in mine]
+        if not micro_batches:
+            return []
+        return torch.utils.data.DataLoader(dataset, batch_sampler=micro_batches, num_workers=config.num_workers,
+                                           collate_fn=Collator(self.processor))
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.images) / self.config.batch_size)
@@ -241,55 +287,72 @@ class DetectorTrainer:
         return {"loss": float(outputs.loss.detach()), **terms}
 
     def train(self) -> TrainResult:
-        config = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._trim_log()
-        write_json_atomically(self.output_dir / RUN_INFO_FILE, {
-            "config": config.to_dict(), "device": self.device, "precision": self.dtype,
-            "images": len(self.data.images), "sources": self.data.counts(), "phrases": len(self.data.phrases),
-            "trainable_parameters": sum(p.numel() for p in self.trainable),
-            "steps_per_epoch": self.steps_per_epoch(), "accumulation": config.accumulation})
+        config, world = self.config, self.world
         result = TrainResult(self.output_dir, self.output_dir / FINAL_DIR)
-        log_file = JsonlAppender(self.output_dir / LOG_FILE)
+        log_file = None
+        if world.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._trim_log()
+            write_json_atomically(self.output_dir / RUN_INFO_FILE, {
+                "config": config.to_dict(), "device": self.device, "precision": self.dtype,
+                "processes": world.size, "images": len(self.data.images), "sources": self.data.counts(),
+                "phrases": len(self.data.phrases), "trainable_parameters": sum(p.numel() for p in self.trainable),
+                "steps_per_epoch": self.steps_per_epoch(), "micro_batches_per_step": config.accumulation})
+            log_file = JsonlAppender(self.output_dir / LOG_FILE)
         try:
             for epoch in range(self.start_epoch, config.epochs):
                 result.last_log = self._train_epoch(epoch, log_file) or result.last_log
                 self.scheduler.step()
-                self._save_checkpoint(epoch + 1)
+                if world.main:
+                    self._save_checkpoint(epoch + 1)
+                world.barrier()
                 result.epochs_run.append(epoch + 1)
         finally:
-            log_file.close()
-        self._save_model(result.final_dir)
+            if log_file is not None:
+                log_file.close()
+        if world.main:
+            self._save_model(result.final_dir)
+        world.barrier()
+        world.close()
         result.steps = self.step
         return result
 
-    def _train_epoch(self, epoch: int, log_file: JsonlAppender) -> dict[str, Any] | None:
+    def _train_epoch(self, epoch: int, log_file: JsonlAppender | None) -> dict[str, Any] | None:
         import torch
 
-        config = self.config
+        config, world = self.config, self.world
+        torch.manual_seed(epoch_seed(config.seed, epoch, world.rank))
         self.model.train()
-        bar = tqdm(total=self.steps_per_epoch(), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-                   disable=not config.progress)
+        plan = distributed.step_plan(len(self.data.images), config.batch_size, config.micro_batch_size, world)
+        batches = iter(self._batches(epoch, plan))
+        bar = tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+                   disable=not (config.progress and world.main))
         last = None
         started = time.perf_counter()
-        for micro_batches in list_in_groups(self._batches(epoch), config.accumulation):
-            sums: dict[str, float] = {}
-            images = dropped = 0
-            for batch in micro_batches:
-                for key, value in self._micro_step(batch, 1 / len(micro_batches)).items():
-                    sums[key] = sums.get(key, 0.0) + value
-                images += len(batch["labels"])
-                dropped += batch["dropped_boxes"]
+        for mine, count in plan:
+            totals: dict[str, float] = {"images": 0.0, "dropped_boxes": 0.0}
+            for _ in mine:
+                batch = next(batches)
+                for key, value in self._micro_step(batch, 1 / count).items():
+                    totals[key] = totals.get(key, 0.0) + value / count
+                totals["images"] += len(batch["labels"])
+                totals["dropped_boxes"] += batch["dropped_boxes"]
+            world.sum_gradients(self.trainable)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            last = {"step": self.step, "epoch": epoch + 1, "lr": lr, "images": images,
-                    **{k: v / len(micro_batches) for k, v in sums.items()},
+            summed: dict[str, float] = {}
+            for part in world.gather(totals):
+                for key, value in part.items():
+                    summed[key] = summed.get(key, 0.0) + value
+            images, dropped = int(summed.pop("images")), int(summed.pop("dropped_boxes"))
+            last = {"step": self.step, "epoch": epoch + 1, "lr": lr, "images": images, **summed,
                     "grad_norm": float(grad_norm), "dropped_boxes": dropped,
                     "seconds": round(time.perf_counter() - started, 3)}
-            log_file.append(last)
+            if log_file is not None:
+                log_file.append(last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
             bar.update()
             started = time.perf_counter()
@@ -325,16 +388,33 @@ class DetectorTrainer:
         log.info("epoch %d saved in %s", epoch, folder)
 
 
-def list_in_groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Consecutive groups of ``size`` items (the last one may be shorter)."""
-    group: list[Any] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one process's epoch: every random mask of a run follows from the recipe's
+    seed, and a run resumed at an epoch draws what the uninterrupted run drew there."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def parameter_groups(model: Any, config: DetectorTrainConfig) -> list[dict[str, Any]]:
+    """Open-GroundingDino's ``ddetr_in_mmdet`` groups over the trainable parameters: the
+    encoders (``lr_backbone``), the reference-point head and sampling offsets
+    (``lr_linear_proj``), and the rest (``learning_rate``). A name matching both named groups
+    goes to the encoders'. Groups without trainable parameters are left out."""
+    groups: dict[str, list[Any]] = {"rest": [], "backbone": [], "linear_proj": []}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if any(key in name for key in config.lr_backbone_names):
+            groups["backbone"].append(parameter)
+        elif any(key in name for key in config.lr_linear_proj_names):
+            groups["linear_proj"].append(parameter)
+        else:
+            groups["rest"].append(parameter)
+    rates = {"rest": config.learning_rate,
+             "backbone": config.learning_rate if config.lr_backbone is None else config.lr_backbone,
+             "linear_proj": config.learning_rate if config.lr_linear_proj is None else config.lr_linear_proj}
+    return [{"params": params, "lr": float(rates[name]), "name": name} for name, params in groups.items() if params]
 
 
 def train_detector(config: DetectorTrainConfig, resume: bool = False) -> TrainResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.backends import ChatBackend, make_chat_backend
+from harness.tools.checkpoints import chat_model_options
 
 
 class ChatSystemMixin:
@@ -20,6 +21,9 @@ class ChatSystemMixin:
         if self._chat is None:
             options = dict(self.params[self.backend_key])
             kind = options.pop("backend")
+            # A trained checkpoint (LoRA adapter, verl checkpoint) becomes a loadable folder, and
+            # `model` works for the transformers backend too (harness.tools.checkpoints).
+            options = chat_model_options(kind, options)
             # Deterministic requests (temperature 0, or a seed, which every run sets) are
             # served from the response cache on a repeated or resumed run.
             self._chat = make_chat_backend(kind, cache=self.params.get("cache", True), **options)

@@ -23,8 +23,10 @@ Out = TypeVar("Out")
 class MicroBatcher(Generic[In, Out]):
     """Runs ``run_batch`` on up to ``max_batch`` queued items at a time.
 
-    ``run_batch`` returns one result per item, in order; if it raises, every
-    item of that batch gets the exception. ``max_batch=1`` means no batching.
+    ``run_batch`` returns one result per item, in order; an exception in an
+    item's place is raised to that item's caller only. If ``run_batch`` itself
+    raises, every item of that batch gets the exception. ``max_batch=1`` means
+    no batching.
     """
 
     def __init__(self, run_batch: Callable[[Sequence[In]], Sequence[Out]], max_batch: int = 8,
@@ -76,7 +78,10 @@ class MicroBatcher(Generic[In, Out]):
                 future.set_exception(exc)
             return
         for (_, future), result in zip(batch, results):
-            future.set_result(result)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def close(self) -> None:
         self._queue.put(None)

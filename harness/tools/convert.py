@@ -169,6 +169,10 @@ _IGNORED: tuple[tuple[str, str], ...] = (
     (r"bert\.embeddings\.(position_ids|token_type_ids)", "buffer: BERT recomputes it"),
     (r"bert\.pooler\.dense\.(weight|bias)",
      "BERT pooler: GroundingDINO reads only token features, transformers builds BERT without it"),
+    (r"label_enc\.weight",
+     "denoising label embedding: only training's contrastive denoising queries read it (released "
+     "IDEA-Research and Open-GroundingDino checkpoints hold it); inference never does, and transformers' "
+     "GroundingDINO has no denoising queries"),
 )
 
 # Model parameters the original architecture lacks and the forward pass never reads.
@@ -265,16 +269,18 @@ class ConversionReport:
     stripped_module_prefix: int = 0  # keys saved from a DistributedDataParallel wrapper
 
     def summary(self) -> str:
-        reasons: dict[str, int] = {}
-        for reason in self.ignored.values():
-            reasons[reason] = reasons.get(reason, 0) + 1
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in self.ignored.items():
+            by_reason.setdefault(reason, []).append(key)
         lines = [
             f"converted {self.checkpoint} -> {self.out_dir} (config and processor: {self.config_source})",
             f"  converted: {len(self.renamed)} keys renamed",
             f"  split:     {len(self.split)} fused q,k,v keys -> {3 * len(self.split)} tensors",
-            f"  ignored:   {len(self.ignored)} keys without a counterpart",
-            *(f"    {n:4d}  {reason}" for reason, n in sorted(reasons.items())),
+            f"  ignored:   {len(self.ignored)} keys without a counterpart, each with why dropping it loses nothing",
         ]
+        for reason, keys in sorted(by_reason.items()):
+            lines.append(f"    {len(keys):4d}  {reason}:")
+            lines += [f"            {key}" for key in keys]
         if self.stripped_module_prefix:
             lines.append(f"  'module.' prefix stripped from {self.stripped_module_prefix} keys")
         if self.unset:

@@ -6,7 +6,30 @@ exactly the phrase's tokens (the filter the paper's evaluation intended; its
 code returned every box whenever any label matched), with ``"span"`` any part of
 one phrase counts. Boxes are in pixels of the original image. ``query_scores``
 gives every query's box and per-phrase score before any threshold (the COCO
-evaluation ranks them); ``detect_batch`` thresholds the same scores.
+evaluation ranks them); ``detect_batch`` thresholds the same scores;
+``original_predictions`` gives every box the original ``predict`` kept, with the
+phrase it decoded (the paper protocol's ``gd_detect``).
+
+Three rules make a detection a function of its own request only:
+
+- **Batching without padding.** GroundingDINO's Swin backbone reads the zero
+  padding of a smaller image in a padded batch, and padded caption tokens shift
+  the text features: padded, the same image gave other top queries (probability
+  differences up to 0.9). So a forward pass only ever holds requests whose
+  resized images have the same shape and whose captions have the same number of
+  tokens; those give the results of each request alone, within float noise
+  (``benchmarks/detector_batching.py`` measures it).
+- **Long phrase lists are split.** A caption longer than the model's
+  ``max_text_len`` tokens is cut into several captions (whole phrases each), one
+  forward pass each, and their detections merged.
+- **Errors stay with their request.** With ``errors="return"`` a request that
+  cannot be answered (a single phrase longer than the text length) gets its
+  exception in place of its result, and a failed forward pass is retried one
+  request at a time, so no other caller in the batch sees it.
+
+The module is past 450 lines on purpose: the three views of a result (thresholded
+detections, unthresholded query scores, the original predict) share one batching
+rule and one caption splitting, which must not drift apart.
 """
 
 from __future__ import annotations
@@ -112,19 +135,32 @@ def transformers_checkpoint(checkpoint: str, revision: str | None, original_conf
 
 
 def load_grounding_dino(checkpoint: str, revision: str | None = None, original_config: str = DEFAULT_CHECKPOINT,
-                        dtype: str = "float32") -> tuple[Any, Any]:
+                        dtype: str = "float32", config_overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """(model, processor) of a checkpoint: a transformers folder or hub id, or an original-format
     one (converted once). The processor pairs the tokenizer with the PIL image processor, so no
-    torchvision is needed; training and inference both load through here."""
+    torchvision is needed; training and inference both load through here. ``config_overrides``
+    change the model's config before it is built (dotted keys reach the backbone's config, e.g.
+    ``backbone_config.drop_path_rate``): regularisation is read when the layers are made."""
     import torch
-    from transformers import AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoProcessor
+    from transformers import (AutoConfig, AutoImageProcessor, AutoTokenizer, GroundingDinoForObjectDetection,
+                              GroundingDinoProcessor)
 
     folder = transformers_checkpoint(checkpoint, revision, original_config)
     revision = revision if folder == checkpoint else None
     image_processor = AutoImageProcessor.from_pretrained(folder, revision=revision, backend="pil")
     tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision)
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model = GroundingDinoForObjectDetection.from_pretrained(folder, revision=revision, dtype=getattr(torch, dtype))
+    config = AutoConfig.from_pretrained(folder, revision=revision)
+    for key, value in (config_overrides or {}).items():
+        *parents, leaf = key.split(".")
+        target = config
+        for part in parents:
+            target = getattr(target, part)
+        if not hasattr(target, leaf):
+            raise ValueError(f"the detector's config has no setting {key!r}")
+        setattr(target, leaf, value)
+    model = GroundingDinoForObjectDetection.from_pretrained(folder, revision=revision, config=config,
+                                                            dtype=getattr(torch, dtype))
     return model, processor
 
 
@@ -141,14 +177,30 @@ class DetectorSettings:
     dtype: str = "float32"
 
 
+class DetectorInputError(ValueError):
+    """A request the detector cannot answer as asked (e.g. a phrase longer than the text it reads)."""
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One caption of one request: which request, which of its phrases, the caption and their spans."""
+
+    request: int
+    phrases: list[int]
+    caption: str
+    spans: list[tuple[int, int]]
+
+
 class GroundingDinoDetector(LazyModel):
-    """Loads the model once, on first use; ``detect_batch`` runs one forward pass."""
+    """Loads the model once, on first use; ``detect_batch`` answers many requests in as few
+    forward passes as give each request's own result."""
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(DetectorSettings(**settings))
         if self.settings.label_match not in ("exact", "span"):
             raise ValueError(f"label_match must be 'exact' or 'span', got {self.settings.label_match!r}")
         self._processor = None
+        self._phrase_lengths: dict[str, int] = {}
 
     @classmethod
     def from_loaded(cls, model: Any, processor: Any, **settings: Any) -> "GroundingDinoDetector":
@@ -174,6 +226,33 @@ class GroundingDinoDetector(LazyModel):
         model, self._processor = load_grounding_dino(s.checkpoint, s.revision, s.original_config, s.dtype)
         return model.to(self._device).eval()
 
+    # ------------------------------------------------------------------ captions
+
+    def phrase_length(self, phrase: str) -> int:
+        """Tokens ``phrase.`` adds to a caption (BERT splits at spaces and punctuation, so a
+        caption's tokens are its phrases' tokens one after another, plus [CLS] and [SEP])."""
+        if phrase not in self._phrase_lengths:
+            text = caption_for([phrase])[0]
+            self._phrase_lengths[phrase] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._phrase_lengths[phrase]
+
+    def phrase_chunks(self, phrases: Sequence[str]) -> list[list[int]]:
+        """The phrases' indices split into captions that fit the model's text length, in order."""
+        room = self.max_text_len - 2  # [CLS] and [SEP]
+        chunks: list[list[int]] = []
+        used = 0
+        for index, phrase in enumerate(phrases):
+            need = self.phrase_length(phrase)
+            if need > room:
+                raise DetectorInputError(f"the phrase {phrase[:80]!r} takes {need} text tokens; the detector reads "
+                                         f"at most {room} per caption")
+            if not chunks or used + need > room:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(index)
+            used += need
+        return chunks
+
     def _phrase_tokens(self, caption: str, spans: list[tuple[int, int]]) -> list[set[int]]:
         """Token positions of each phrase in the tokenised caption."""
         encoded = self._processor.tokenizer(caption, return_offsets_mapping=True)
@@ -186,39 +265,128 @@ class GroundingDinoDetector(LazyModel):
                     positions[phrase].add(index)
         return positions
 
-    def forward(self, images: Sequence[Image.Image], captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """One forward pass: token probabilities (batch, queries, text tokens) and normalised
-        (cx, cy, w, h) boxes (batch, queries, 4)."""
+    def _passes(self, requests: Sequence[tuple[Image.Image, list[str]]],
+                failures: dict[int, BaseException]) -> list[_Pass]:
+        passes = []
+        for request, (_, phrases) in enumerate(requests):
+            try:
+                chunks = self.phrase_chunks(phrases)
+            except DetectorInputError as exc:
+                failures[request] = exc
+                continue
+            for chunk in chunks:
+                caption, spans = caption_for([phrases[i] for i in chunk])
+                passes.append(_Pass(request, chunk, caption, spans))
+        return passes
+
+    # ------------------------------------------------------------------ forward passes
+
+    def _encode(self, image: Image.Image, caption: str, truncate: bool = False) -> dict[str, Any]:
         self._load()
+        options = {"truncation": True, "max_length": self.max_text_len} if truncate else {}
+        inputs = dict(self._processor(images=[image], text=[caption], return_tensors="pt", **options))
+        if inputs["input_ids"].shape[1] > self.max_text_len:
+            raise DetectorInputError(f"a caption of {inputs['input_ids'].shape[1]} tokens is longer than the "
+                                     f"detector's {self.max_text_len}")
+        return inputs
+
+    def _forward(self, encoded: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass over inputs of identical shapes: token probabilities (batch, queries,
+        text length) and normalised (cx, cy, w, h) boxes (batch, queries, 4)."""
         import torch
 
-        inputs = self._processor(images=list(images), text=list(captions), return_tensors="pt", padding=True)
-        inputs = {k: v.to(self._device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        inputs = {name: torch.cat([e[name] for e in encoded]).to(self._device) for name in encoded[0]}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         with torch.inference_mode():
             outputs = self._model(**inputs)
         return torch.sigmoid(outputs.logits.float()).cpu().numpy(), outputs.pred_boxes.float().cpu().numpy()
 
+    def run(self, pairs: Sequence[tuple[Image.Image, str]], truncate: bool = False,
+            isolate: bool = False) -> list[tuple[np.ndarray, np.ndarray] | BaseException]:
+        """For each (image, caption): token probabilities (queries, text length) and boxes (queries, 4).
+
+        Requests share a forward pass only when their resized images and tokenised captions
+        have the same shapes (no padding), so each result is the request's own. With
+        ``isolate`` a failure is returned in place of the results it concerns (a failed
+        shared pass is retried one request at a time); otherwise it is raised."""
+        results: list[Any] = [None] * len(pairs)
+        groups: dict[tuple, list[int]] = {}
+        encoded: dict[int, dict[str, Any]] = {}
+        for index, (image, caption) in enumerate(pairs):
+            try:
+                encoded[index] = self._encode(image, caption, truncate)
+            except Exception as exc:
+                if not isolate:
+                    raise
+                results[index] = exc
+                continue
+            key = tuple((name, tuple(value.shape)) for name, value in sorted(encoded[index].items()))
+            groups.setdefault(key, []).append(index)
+        for members in groups.values():
+            try:
+                probabilities, boxes = self._forward([encoded[i] for i in members])
+            except Exception as exc:
+                if not isolate:
+                    raise
+                if len(members) == 1:
+                    results[members[0]] = exc
+                    continue
+                log.warning("a detector pass of %d requests failed (%s: %s); running them one by one",
+                            len(members), type(exc).__name__, exc)
+                for index in members:
+                    results[index] = self.run([pairs[index]], truncate, isolate=True)[0]
+                continue
+            for row, index in enumerate(members):
+                results[index] = (probabilities[row], boxes[row])
+        return results
+
+    # ------------------------------------------------------------------ results
+
     def query_scores(self, requests: Sequence[tuple[Image.Image, list[str]]],
                      reduce: str = "max") -> list[tuple[np.ndarray, np.ndarray]]:
         """For each (image, phrases): every query's box in pixels (queries, 4) and its score for
-        each phrase (queries, phrases), unthresholded, in one forward pass."""
-        captions = [caption_for(phrases) for _, phrases in requests]
-        probabilities, centre_boxes = self.forward([image for image, _ in requests], [c for c, _ in captions])
-        return [(pixel_boxes(centre_boxes[index], image.size),
-                 phrase_scores(probabilities[index], self._phrase_tokens(caption, spans), reduce))
-                for index, ((image, _), (caption, spans)) in enumerate(zip(requests, captions))]
+        each phrase (queries, phrases), unthresholded. A phrase list longer than one caption
+        takes several passes, whose queries are stacked (a phrase scores 0 on the other passes)."""
+        failures: dict[int, BaseException] = {}
+        passes = self._passes(requests, failures)
+        if failures:
+            raise next(iter(failures.values()))
+        outputs = self.run([(requests[p.request][0], p.caption) for p in passes])
+        boxes: list[list[np.ndarray]] = [[] for _ in requests]
+        scores: list[list[np.ndarray]] = [[] for _ in requests]
+        for p, (probabilities, centre_boxes) in zip(passes, outputs):
+            image, phrases = requests[p.request]
+            part = np.zeros((probabilities.shape[0], len(phrases)), dtype=np.float32)
+            part[:, p.phrases] = phrase_scores(probabilities, self._phrase_tokens(p.caption, p.spans), reduce)
+            boxes[p.request].append(pixel_boxes(centre_boxes, image.size))
+            scores[p.request].append(part)
+        return [(np.concatenate(b) if b else np.zeros((0, 4)),
+                 np.concatenate(s) if s else np.zeros((0, len(phrases)), dtype=np.float32))
+                for b, s, (_, phrases) in zip(boxes, scores, requests)]
 
-    def detect_batch(self, requests: Sequence[tuple[Image.Image, list[str]]]) -> list[list[dict[str, Any]]]:
-        """Detections for each (image, phrases), in one forward pass."""
-        captions = [caption_for(phrases) for _, phrases in requests]
-        probabilities, centre_boxes = self.forward([image for image, _ in requests], [c for c, _ in captions])
-        results = []
-        for index, ((image, phrases), (caption, spans)) in enumerate(zip(requests, captions)):
-            tokens = self._phrase_tokens(caption, spans)
-            results.append(self._decode(probabilities[index], centre_boxes[index], image.size, phrases, tokens))
-        return results
+    def detect_batch(self, requests: Sequence[tuple[Image.Image, list[str]]],
+                     errors: str = "raise") -> list[list[dict[str, Any]] | BaseException]:
+        """Detections for each (image, phrases). ``errors="return"`` puts a request's exception
+        in its place instead of raising it (what the tool server's batcher needs, so one
+        program's bad call never fails another's)."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        isolate = errors == "return"
+        failures: dict[int, BaseException] = {}
+        passes = self._passes(requests, failures)
+        if failures and not isolate:
+            raise next(iter(failures.values()))
+        outputs = self.run([(requests[p.request][0], p.caption) for p in passes], isolate=isolate)
+        found: list[list[dict[str, Any]]] = [[] for _ in requests]
+        for p, output in zip(passes, outputs):
+            if isinstance(output, BaseException):
+                failures.setdefault(p.request, output)
+                continue
+            image, phrases = requests[p.request]
+            found[p.request] += self._decode(output[0], output[1], image.size, [phrases[i] for i in p.phrases],
+                                             self._phrase_tokens(p.caption, p.spans))
+        return [failures[i] if i in failures else sorted(detections, key=lambda d: -d["score"])
+                for i, detections in enumerate(found)]
 
     def _decode(self, probs: np.ndarray, centre_boxes: np.ndarray, size: tuple[int, int], phrases: list[str],
                 tokens: list[set[int]]) -> list[dict[str, Any]]:
@@ -248,3 +416,49 @@ class GroundingDinoDetector(LazyModel):
                             "score": round(candidates[i][1], 4)} for i in keep]
         detections.sort(key=lambda d: -d["score"])
         return detections
+
+    # ------------------------------------------------------------------ the original predict
+
+    def original_predictions(self, requests: Sequence[tuple[Image.Image, str]],
+                             errors: str = "raise") -> list[list[dict[str, Any]] | BaseException]:
+        """What the original GroundingDINO ``predict`` returns for each (image, caption): every
+        query whose best token probability passes the box threshold, with that probability
+        (``score``), its box (``cxcywh`` normalised as the model gives it, ``box`` in pixels of
+        the image, clipped to it) and ``phrase``: the caption tokens above the text threshold,
+        decoded by the tokenizer with the periods removed (e.g. "red - mug" for the caption
+        "red-mug ."). The caption is prepared as the original does (lower-cased, stripped,
+        " ." appended unless it ends with a period) and cut at the model's text length, as the
+        original cuts it; a caption is never split here. Queries come in the model's order."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        captions = [original_caption(caption) for _, caption in requests]
+        outputs = self.run([(image, caption) for (image, _), caption in zip(requests, captions)], truncate=True,
+                           isolate=errors == "return")
+        results: list[Any] = []
+        for (image, _), caption, output in zip(requests, captions, outputs):
+            if isinstance(output, BaseException):
+                results.append(output)
+                continue
+            results.append(self._original_boxes(output[0], output[1], image.size, caption))
+        return results
+
+    def _original_boxes(self, probs: np.ndarray, centre_boxes: np.ndarray, size: tuple[int, int],
+                        caption: str) -> list[dict[str, Any]]:
+        s = self.settings
+        input_ids = self.tokenizer(caption, truncation=True, max_length=self.max_text_len)["input_ids"]
+        last = min(len(input_ids), self.max_text_len - 1)  # the original reads positions 1 .. max_text_len - 2
+        pixels = pixel_boxes(centre_boxes, size)
+        found = []
+        for query in np.nonzero(probs.max(axis=1) > s.box_threshold)[0].tolist():
+            positions = [i for i in np.nonzero(probs[query] > s.text_threshold)[0].tolist() if 1 <= i < last]
+            phrase = self.tokenizer.decode([input_ids[i] for i in positions]).replace(".", "")
+            found.append({"box": [float(v) for v in pixels[query]],
+                          "cxcywh": [float(v) for v in centre_boxes[query]],
+                          "score": float(probs[query].max()), "phrase": phrase})
+        return found
+
+
+def original_caption(caption: str) -> str:
+    """The original ``predict``'s caption preparation: lower-cased, stripped, ending in " ."."""
+    caption = caption.lower().strip()
+    return caption if caption.endswith(".") else caption + " ."

@@ -64,7 +64,10 @@ class ModelBackend(ToolBackend):
         self._vqa_options = dict(vqa or {})
         self._vqa_tool = None
         self._cache = ResponseCache(Path(cache_dir or default_cache_dir()) / "tools.sqlite") if cache else None
-        self._detect = MicroBatcher(self.detector.detect_batch, max_batch, max_wait_ms / 1000, "detector-batches")
+        # A request's failure (e.g. a phrase too long to read) is returned in its place, not
+        # raised, so the batcher hands it to that program alone.
+        self._detect = MicroBatcher(functools.partial(self.detector.detect_batch, errors="return"), max_batch,
+                                    max_wait_ms / 1000, "detector-batches")
         if depth_max_batch is None:
             on_gpu = resolve_device(self.depth_model.settings.device).startswith("cuda")
             depth_max_batch = max_batch if on_gpu else 1

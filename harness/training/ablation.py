@@ -9,8 +9,15 @@ from the runs' ``results.json`` files beside the paper's numbers. The base
 model (N = 0) is evaluated once.
 
 Every step is a command (an argument list), so ``--dry-run`` prints exactly
-what would run, and a step whose output already exists is skipped, so a killed
-ablation resumes. Small sizes get smaller batches: a step takes
+what would run. A step counts as done only when its command exited with
+success: :func:`run_steps` then writes a marker (``<work_dir>/done/<step>.json``,
+holding the command). An output file proves nothing (verl rewrites its
+checkpoint marker at every save, a killed evaluation leaves a partial run), so
+a killed ablation started again reruns the interrupted step, which itself
+continues where it stopped (trainers resume from their checkpoints, evaluations
+run with ``--resume``), and then goes on: it finishes the same table as an
+uninterrupted run. A marker whose command differs from the plan's (another
+size, epoch count, seed) does not count. Small sizes get smaller batches: a step takes
 ``min(64, N)`` prompts (the paper does not say how it trained on 40 queries
 with a batch of 64; with verl's ``drop_last`` a 64-prompt batch would make no
 step at all).
@@ -23,10 +30,12 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,6 +61,7 @@ class AblationPlan:
     work_dir: str = "runs/ablation_data_size"
     sizes: list[int] = field(default_factory=lambda: [40, 160, 400, 800])
     trainer: str = "trl"
+    protocol: str = "paper"  # the reward's rules, the prompts and thinking (harness.training.protocol)
     seed: int = 0  # the data selection's seed: a smaller set is a subset of a larger one
     prompts_per_step: int = 64  # the paper's batch; smaller sets use min(this, N)
     group_size: int = 5
@@ -71,6 +81,8 @@ class AblationPlan:
     python: str = sys.executable
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("paper", "harness"):
+            raise RecipeConfigError(f"protocol must be paper or harness, got {self.protocol!r}")
         if self.trainer not in TRAINERS:
             raise RecipeConfigError(f"trainer must be one of {', '.join(TRAINERS)}, got {self.trainer!r}")
         if not self.sources:
@@ -101,6 +113,11 @@ class AblationPlan:
     def batch(self, size: int) -> int:
         return min(self.prompts_per_step, size)
 
+    @property
+    def markers(self) -> Path:
+        """Where the markers of finished steps go."""
+        return Path(self.work_dir) / "done"
+
 
 def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> AblationPlan:
     return load_recipe(AblationPlan, path, overrides)
@@ -108,7 +125,8 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> AblationPlan:
 
 @dataclass
 class Step:
-    """One command of the ablation; ``done`` names the file whose existence means it already ran."""
+    """One command of the ablation; ``done`` names its main output (a finished step must have it;
+    its existence alone never makes the step finished: see :func:`run_steps`)."""
 
     name: str
     argv: list[str]
@@ -123,7 +141,8 @@ class Step:
 def data_step(plan: AblationPlan, size: int) -> Step:
     out = plan.data_dir(size)
     argv = [plan.python, "-m", "harness", "training-data", "--sources", ",".join(plan.sources),
-            "--size", str(size), "--seed", str(plan.seed), "--out", str(out), *plan.data_args]
+            "--size", str(size), "--seed", str(plan.seed), "--protocol", plan.protocol, "--out", str(out),
+            *plan.data_args]
     return Step(f"data n={size}", argv, out / "manifest.json")
 
 
@@ -133,17 +152,18 @@ def train_steps(plan: AblationPlan, size: int) -> list[Step]:
         argv = [*plan.trl_launcher, "recipes/reasoning_grpo_trl/train.py", "--config", plan.trl_config,
                 "--set", f"train_data={plan.data_dir(size) / 'train.jsonl'}",
                 "--set", f"output_dir={plan.checkpoint_dir(size)}",
+                "--set", f"protocol={plan.protocol}",
                 "--set", f"reward_config={plan.reward_config}",
                 "--set", f"grpo.generation_batch_size={batch * plan.group_size}",
                 "--set", f"grpo.num_generations={plan.group_size}",
                 "--set", f"grpo.num_train_epochs={plan.epochs}"]
         return [Step(f"train n={size} (trl)", argv, plan.model_dir(size) / "config.json")]
+    # Batch, group and epochs by train.sh's variables: its reward log counts rollouts by them.
     env = {"TRAIN_FILES": str(plan.data_dir(size) / "train.parquet"), "REWARD_CONFIG": plan.reward_config,
-           "CHECKPOINT_DIR": str(plan.checkpoint_dir(size)), "EXPERIMENT": f"ablation-n{size}"}
-    train = Step(f"train n={size} (verl)",
-                 ["bash", plan.verl_script, f"data.train_batch_size={batch}",
-                  f"actor_rollout_ref.actor.ppo_mini_batch_size={batch}",
-                  f"actor_rollout_ref.rollout.n={plan.group_size}", f"trainer.total_epochs={plan.epochs}"],
+           "CHECKPOINT_DIR": str(plan.checkpoint_dir(size)), "EXPERIMENT": f"ablation-n{size}",
+           "PROTOCOL": plan.protocol, "TRAIN_BATCH_SIZE": str(batch), "ROLLOUT_N": str(plan.group_size),
+           "TOTAL_EPOCHS": str(plan.epochs)}
+    train = Step(f"train n={size} (verl)", ["bash", plan.verl_script],
                  plan.checkpoint_dir(size) / "latest_checkpointed_iteration.txt", env)
     merge = Step(f"merge n={size} (verl)", ["bash", plan.verl_merge_script, str(plan.checkpoint_dir(size)),
                                             str(plan.model_dir(size))], plan.model_dir(size) / "config.json")
@@ -159,8 +179,9 @@ def eval_step(plan: AblationPlan, size: int) -> Step:
         system = plan.trained_system
         system_args = ["--system-args", f"llm.model={plan.model_dir(size).resolve()}",
                        "--label", plan.label(size)]  # the base model's run is a plain run of its system
+    # --resume: an evaluation killed half way continues, and one that failed can be run again.
     argv = [plan.python, "-m", "harness", "run", "--system", system, *system_args, "--tasks", plan.task,
-            "--output-path", str(out), *plan.eval_args]
+            "--output-path", str(out), "--resume", *plan.eval_args]
     return Step(f"eval n={size}", argv, out / "results.json")
 
 
@@ -184,18 +205,44 @@ def ablation_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_steps(steps: Sequence[Step], dry_run: bool = False) -> list[str]:
-    """Run each step not yet done, in order, stopping at the first failure (a
-    ``CalledProcessError``). With ``dry_run`` nothing runs. Returns every step's
-    command line, for the caller to show."""
+def _marker(step: Step, markers: Path) -> Path:
+    return markers / (re.sub(r"[^A-Za-z0-9._-]+", "_", step.name).strip("_") + ".json")
+
+
+def step_finished(step: Step, markers: Path) -> bool:
+    """The step's command exited with success before (its marker holds this very command) and
+    its output is there."""
+    marker = _marker(step, markers)
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return recorded.get("command") == step.render() and step.done.exists()
+
+
+def run_steps(steps: Sequence[Step], markers: str | Path, dry_run: bool = False) -> list[str]:
+    """Run each step not yet finished, in order, stopping at the first failure (a
+    ``CalledProcessError``); a step that exits with success gets its marker in ``markers``.
+    With ``dry_run`` nothing runs. Returns every step's command line, for the caller to show."""
+    markers = Path(markers)
     for step in steps:
         if dry_run:
             continue
-        if step.done.exists():
-            log.info("%s: done already (%s)", step.name, step.done)
+        if step_finished(step, markers):
+            log.info("%s: done already (%s)", step.name, _marker(step, markers))
             continue
+        marker = _marker(step, markers)
+        marker.unlink(missing_ok=True)  # a changed command: it runs again, and counts only when it ends well
         log.info("%s: %s", step.name, step.render())
         subprocess.run(step.argv, check=True, env={**os.environ, **step.env})
+        if not step.done.exists():
+            raise RuntimeError(f"{step.name}: the command ended without writing {step.done}")
+        markers.mkdir(parents=True, exist_ok=True)
+        partial = marker.with_name(marker.name + ".part")
+        partial.write_text(json.dumps({"step": step.name, "command": step.render(),
+                                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n",
+                           encoding="utf-8")
+        partial.replace(marker)
     return [step.render() for step in steps]
 
 

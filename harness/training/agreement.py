@@ -8,12 +8,11 @@ i.e. giving 0 where a person gave 1), and small open models far less.
 Input: JSON lines ``{"query", "plan", "code", "labels": {"logic": 0|1,
 "attribute": ..., "spatial": ..., "adherence": ...}}``; a part that is missing
 (or null) was not labelled and is not asked. Each labelled part is judged by
-exactly the request the reward sends
-(:func:`~harness.training.verifier.verifier_request`), read by the same reader
-(:func:`~harness.training.verifier.read_judgement`), with the reward's
-sampling settings. A judgement that fails (an API error, an unreadable reply)
-is a verifier failure: counted and reported, never counted as agreement or
-disagreement.
+exactly the request the reward sends and read by the same reader, those of the
+reward's protocol (:mod:`harness.training.protocol`), with the reward's
+sampling settings. A judgement that fails (an API error, or under the harness
+protocol an unreadable reply) is a verifier failure: counted and reported,
+never counted as agreement or disagreement.
 
 Per part and pooled over the parts: labelled judgements, agreement among
 those judged, Cohen's kappa (agreement beyond what the label and verdict
@@ -31,7 +30,8 @@ from tabulate import tabulate
 
 from harness.backends import BackendError, ChatBackend
 from harness.jsonl import json_objects
-from harness.training.verifier import VERIFIED_PARTS, Judgement, read_judgement, verifier_request
+from harness.training.protocol import HarnessProtocol, RewardProtocol
+from harness.training.verifier import VERIFIED_PARTS, Judgement
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +155,19 @@ class AgreementReport:
 
 
 def measure_agreement(outputs: Sequence[LabelledOutput], verifier: ChatBackend,
-                      sampling: Mapping[str, Any] | None = None) -> AgreementReport:
-    """Ask the verifier every labelled part (all requests at once) and compare."""
+                      sampling: Mapping[str, Any] | None = None,
+                      protocol: RewardProtocol | None = None) -> AgreementReport:
+    """Ask the verifier every labelled part (all requests at once, as ``protocol`` asks them:
+    default the harness protocol's) and compare."""
+    protocol = protocol or HarnessProtocol()
     asked = [(index, part) for index, output in enumerate(outputs) for part in VERIFIED_PARTS
              if part in output.labels]
-    requests = [verifier_request(part, outputs[i].query, outputs[i].plan, outputs[i].code) for i, part in asked]
+    requests = [protocol.request(part, outputs[i].query, outputs[i].plan, outputs[i].code) for i, part in asked]
     replies = verifier.complete_many(requests, **dict(sampling or {})) if requests else []
     judgements: dict[tuple[int, str], Judgement] = {}
     for key, reply in zip(asked, replies):
         judgements[key] = (Judgement(None, error=str(reply)) if isinstance(reply, BackendError)
-                           else read_judgement(reply))
+                           else protocol.read(reply))
 
     parts = {part: Tally() for part in VERIFIED_PARTS}
     overall = Tally()

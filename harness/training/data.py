@@ -20,11 +20,20 @@ Selection (:func:`select_rows`), all seeded:
    a smaller size with the same seed selects a subset of a larger one;
 4. the selected rows shuffled together, so training batches mix the sources.
 
-Each row carries the training prompt built by the evaluation's own code
-(:class:`~harness.systems.llm_program.LLMProgramSystem`: the same prompt file
-and ``{api}`` substitution). ``layout="system"`` puts the prompt in the system
-message and the question in the user message, as the paper's training did;
-``"user"`` puts both in one user turn, as its evaluation did.
+Each row carries its training prompt (:mod:`harness.training.prompts`), as the protocol
+(``--protocol``) lays it out:
+
+- ``paper`` (the default): the original's system prompt, read verbatim from the
+  pinned upstream file (:mod:`harness.upstream`), as the system message, and the
+  bare question as the user turn, as the original training did;
+- ``harness``: the prompt built by the evaluation's own code
+  (:class:`~harness.systems.llm_program.LLMProgramSystem`: the same prompt file
+  and ``{api}`` substitution); ``layout="system"`` puts it in the system message
+  and the question in the user message, ``"user"`` puts both in one user turn.
+
+The source ``valor_queries`` is the original release's 816 training queries,
+read from the pinned upstream file (never stored here); keep its 7 repeated
+questions with ``dedup=False`` (``--keep-duplicates``) to train on exactly its rows.
 """
 
 from __future__ import annotations
@@ -40,14 +49,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from harness.systems.llm_program import LLMProgramSystem
 from harness.jsonl import json_objects
 from harness.tasks import TaskRegistry
+from harness.training.prompts import DEFAULT_PROMPT, training_prompt
 from harness.types import AnswerType, Sample
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "prompts/program_writer.md"
+UPSTREAM_SOURCE = "valor_queries"  # the original's training queries, from the pinned upstream file
+UNNAMED_SOURCE = "web-images"  # the original's rows without a data_source: free-form questions on web images
 ABILITY = "spatial_reasoning"
 VERL_FILE, TRL_FILE, MANIFEST_FILE = "train.parquet", "train.jsonl", "manifest.json"
 _JSONL_SUFFIXES = (".jsonl", ".json")
@@ -79,15 +89,27 @@ class DataOptions:
     balanced: bool = True  # equal shares per source; False: a uniform sample of the union
     seed: int = 0
     dedup: bool = True
-    layout: str = "system"  # "system" (the paper's training) or "user" (its evaluation)
-    prompt: str = DEFAULT_PROMPT  # a prompt file, resolved like a system file's ``prompt``
-    question_template: str = "{question}"  # the paper's training sent the bare question
-    data_dir: str | None = None  # local dataset copies for task sources (--data-dir)
+    protocol: str = "paper"  # paper: the original's prompt and layout; harness: ours (below)
+    layout: str | None = None  # harness: "system" (default, as the paper trained) or "user" (as it evaluated)
+    prompt: str | None = None  # harness: a prompt file, resolved like a system file's ``prompt``
+    question_template: str | None = None  # harness: the user turn (default: the bare question)
+    data_dir: str | None = None  # local dataset copies for task sources, and the upstream files (--data-dir)
     allow_eval_tasks: bool = False  # tasks with answers are evaluation data: refused unless asked for
 
     def __post_init__(self) -> None:
-        if self.layout not in ("system", "user"):
-            raise TrainingDataError(f"layout must be 'system' or 'user', got {self.layout!r}")
+        if self.protocol not in ("paper", "harness"):
+            raise TrainingDataError(f"protocol must be 'paper' or 'harness', got {self.protocol!r}")
+        if self.protocol == "paper":
+            given = [name for name in ("layout", "prompt", "question_template") if getattr(self, name) is not None]
+            if given:
+                raise TrainingDataError(f"{', '.join(given)}: the paper protocol lays prompts out as the original "
+                                        f"did (its system prompt, then the bare question); use --protocol harness")
+        else:
+            self.layout = self.layout or "system"
+            self.prompt = self.prompt or DEFAULT_PROMPT
+            self.question_template = self.question_template or "{question}"
+            if self.layout not in ("system", "user"):
+                raise TrainingDataError(f"layout must be 'system' or 'user', got {self.layout!r}")
         if self.size is not None and self.size < 1:
             raise TrainingDataError(f"size must be at least 1, got {self.size}")
 
@@ -174,8 +196,24 @@ def read_query_file(path: str | Path, default_source: str | None = None) -> list
     return rows
 
 
+def read_upstream_queries(data_dir: str | None = None) -> list[QueryRow]:
+    """The original release's training queries (``problem`` of each row), from the pinned file."""
+    from harness.training.protocol import paper_texts
+
+    rows = []
+    for number, row in enumerate(paper_texts(data_dir).training_queries(), 1):
+        question = row.get("problem")
+        if not isinstance(question, str) or not question.strip():
+            raise TrainingDataError(f"{UPSTREAM_SOURCE} row {number}: no 'problem' text")
+        rows.append(QueryRow(question.strip(), str(row.get("data_source") or UNNAMED_SOURCE), UPSTREAM_SOURCE,
+                             f"{UPSTREAM_SOURCE}:{number}", None))
+    return rows
+
+
 def read_source(spec: str, registry: TaskRegistry, options: DataOptions) -> tuple[list[QueryRow], int]:
-    """Rows of one --sources item (a JSONL file or a task name) and the rows skipped."""
+    """Rows of one --sources item (``valor_queries``, a JSONL file or a task name) and the rows skipped."""
+    if spec == UPSTREAM_SOURCE:
+        return read_upstream_queries(options.data_dir), 0
     if is_file_source(spec):
         return read_query_file(spec), 0
     return read_task_source(spec, registry, options.data_dir, options.allow_eval_tasks)
@@ -262,32 +300,6 @@ def select_rows(pools: dict[str, list[QueryRow]], options: DataOptions,
     return selected, {origin: len(rows) for origin, rows in unique.items()}
 
 
-# ----------------------------------------------------------------------------- prompts
-
-
-class TrainingPrompt:
-    """The request a program writer gets for a question, made by the evaluation's own code.
-
-    An :class:`LLMProgramSystem` is built only for its prompt: its chat backend
-    is created lazily and never here, so the placeholder backend name is never
-    looked up.
-    """
-
-    def __init__(self, prompt: str = DEFAULT_PROMPT, layout: str = "system",
-                 question_template: str = "{question}") -> None:
-        self._system = LLMProgramSystem("training-data", {
-            "llm": {"backend": "<not used: prompts only>"}, "prompt": prompt, "prompt_layout": layout,
-            "question_template": question_template})
-
-    @property
-    def text(self) -> str:
-        return self._system.prompt
-
-    def messages(self, question: str) -> list[dict[str, str]]:
-        sample = Sample(id="training", task="training", question=question, answer=None, answer_type=AnswerType.NONE)
-        return self._system.messages_for(sample)
-
-
 # ----------------------------------------------------------------------------- building and writing
 
 
@@ -300,7 +312,7 @@ def build_training_data(sources: Sequence[str], options: DataOptions | None = No
     if len(set(sources)) != len(sources):
         raise TrainingDataError(f"a source is named twice: {', '.join(sources)}")
     registry = registry or TaskRegistry()
-    prompt = TrainingPrompt(options.prompt, options.layout, options.question_template)
+    prompt = training_prompt(options)
     prompt_text = prompt.text  # a missing prompt file fails here, before any data is read
     pools: dict[str, list[QueryRow]] = {}
     counts: dict[str, SourceCounts] = {}

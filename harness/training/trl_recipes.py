@@ -6,11 +6,17 @@ the data, the reward configuration, and the trainer's own settings passed as
 they are to ``GRPOConfig`` / ``SFTConfig`` (so every TRL option is available
 and documented by TRL). What this module adds:
 
+- the protocol (``paper`` or ``harness``, :mod:`harness.training.protocol`): the
+  reward's rules, and whether Qwen3 thinks (the original trained with thinking
+  on, our protocol turns it off); the training data must have been written with
+  the same protocol (its ``manifest.json`` says);
 - the reward: :class:`~harness.training.trl_rewards.TRLRewards` over a
   :class:`~harness.training.reward.RewardModel` built from the reward YAML; its
-  six parts are logged by TRL as ``rewards/<part>/mean``, and failed verifier
-  judgements per batch as ``verifier/failed_judgements`` (a failure scores 0,
-  so it must be visible, never silent);
+  six parts are logged by TRL as ``rewards/<part>/mean``, and per step, summed
+  over the training processes, the judgements asked, failed and unreadable and the
+  completions excluded for a failed judgement (``verifier/*``). They live in the
+  trainer's log history, which checkpoints carry, so they survive a resume, and
+  ``reward_stats.json`` is their total;
 - the paper's batch semantics: one optimizer update per generation batch of 64
   prompts x 5 completions (``updates_per_generation: 1``), whatever the number
   of processes, by deriving ``gradient_accumulation_steps``;
@@ -22,10 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from harness.training.protocol import ProtocolError, check_protocol
 from harness.training.recipe_config import RecipeConfigError, load_recipe
 from harness.training.reward import RewardConfig, RewardModel
 from harness.training.trl_rewards import TRLRewards
@@ -58,6 +66,20 @@ def load_rows(path: str | Path) -> Any:
     if not rows:
         raise ValueError(f"training data {path} holds no rows")
     return datasets.Dataset.from_list(rows)
+
+
+def check_data_protocol(train_data: str | Path, protocol: str) -> None:
+    """Refuse training data written for the other protocol (its prompts differ), as its
+    ``manifest.json`` records; data without a manifest is taken as it is."""
+    path = Path(train_data)
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    if not manifest.is_file():
+        return
+    written = (json.loads(manifest.read_text(encoding="utf-8")).get("options") or {}).get("protocol")
+    if written is not None and written != protocol:
+        raise RecipeConfigError(f"{train_data} was written for protocol {written!r} ({manifest}), the recipe "
+                                f"trains with {protocol!r}; write it again with `harness training-data "
+                                f"--protocol {protocol}` or change the recipe's protocol")
 
 
 def require_columns(dataset: Any, columns: Sequence[str], source: str) -> None:
@@ -98,13 +120,18 @@ class GRPORecipe:
     model: str  # a hub id or a local folder; a path, not a model object: TRL rebuilds the reference model from it
     train_data: str  # TRL rows: a conversational ``prompt`` and the ``question`` the reward judges
     output_dir: str
-    reward_config: str | None = None  # a reward YAML (RewardConfig); None: the paper's reward with Gemini
+    protocol: str = "paper"  # paper | harness: the reward's rules and thinking (see harness.training.protocol)
+    reward_config: str | None = None  # a reward YAML (RewardConfig); None: the protocol's reward with Gemini
     max_prompt_tokens: int | None = 6000  # longer prompts are dropped (verl: filter_overlong_prompts)
     updates_per_generation: int = 1  # optimizer updates per generation batch (the paper: 1)
     peft: dict[str, Any] | None = None  # LoraConfig arguments; None: full fine-tuning, as the paper
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig arguments, passed as they are
 
     def __post_init__(self) -> None:
+        try:
+            check_protocol(self.protocol)
+        except ProtocolError as exc:
+            raise RecipeConfigError(str(exc)) from None
         for key in ("output_dir", "reward_weights"):
             if key in self.grpo:
                 where = "the recipe's output_dir" if key == "output_dir" else "the reward YAML's weights"
@@ -132,6 +159,8 @@ def grpo_arguments(recipe: GRPORecipe) -> Any:
     from trl import GRPOConfig
 
     kwargs = dict(recipe.grpo)
+    # The original trained Qwen3 with thinking on (nothing passed to the template); ours turns it off.
+    kwargs.setdefault("chat_template_kwargs", THINKING[recipe.protocol])
     if "gradient_accumulation_steps" not in kwargs and kwargs.get("generation_batch_size"):
         micro_steps = GRPOConfig(output_dir=recipe.output_dir, **kwargs).steps_per_generation
         if micro_steps % recipe.updates_per_generation:
@@ -141,16 +170,52 @@ def grpo_arguments(recipe: GRPORecipe) -> Any:
     return GRPOConfig(output_dir=recipe.output_dir, **kwargs)
 
 
-def build_reward_model(reward_config: str | None) -> RewardModel:
-    config = RewardConfig.from_yaml(reward_config) if reward_config else RewardConfig()
-    log.info("reward: weights %s, verifier %s (%s)", config.weights, config.verifier.get("model"),
-             config.verifier.get("backend"))
-    return RewardModel(config)
+THINKING = {"paper": {}, "harness": {"enable_thinking": False}}
+# Counts logged per step (summed over the processes), as TRL metrics.
+COUNT_METRICS = {"verifier/judgements": "judgements", "verifier/failed_judgements": "failed",
+                 "verifier/unreadable_verdicts": "unreadable", "verifier/excluded_completions": "excluded",
+                 "reward/completions": "completions"}
+
+
+def processes() -> int:
+    """Training processes (accelerate and torchrun set WORLD_SIZE), each scoring its own rollouts."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def build_reward_model(reward_config: str | None, protocol: str | None = None) -> RewardModel:
+    """The reward of a reward YAML (its protocol must agree with ``protocol`` when given), or the
+    protocol's reward with Gemini (default: paper)."""
+    config = (RewardConfig.from_yaml(reward_config, protocol) if reward_config
+              else RewardConfig(protocol=protocol or "paper"))
+    log.info("reward: protocol %s, weights %s, verifier %s (%s)", config.protocol, config.weights,
+             config.verifier.get("model"), config.verifier.get("backend"))
+    return RewardModel(config, processes=processes())
+
+
+def _batch_counts(model: RewardModel) -> dict[str, float]:
+    stats = model.stats
+    return {"judgements": stats["judgements"], "completions": stats["completions"], "excluded": stats["excluded"],
+            "failed": sum(n for key, n in stats.items() if key.startswith("failed_")),
+            "unreadable": sum(n for key, n in stats.items() if key.startswith("unreadable_"))}
+
+
+def _sum_over_processes(values: list[float]) -> list[float]:
+    """``values`` summed over the training processes (every process scores its own share of a
+    batch, and all of them call the reward functions together)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
 
 
 def reward_functions(model: RewardModel) -> tuple[list[Callable], list[float]]:
     """TRL reward functions (one per part, with the reward YAML's weights), the first of
-    which also logs the batch's verifier failures through TRL's ``log_metric``.
+    which also logs the batch's counts (``COUNT_METRICS``) through TRL's ``log_metric``.
 
     The six functions share one computation per batch (see TRLRewards); by the
     time the first returns, the batch's judgements are counted in
@@ -159,21 +224,37 @@ def reward_functions(model: RewardModel) -> tuple[list[Callable], list[float]]:
     """
     functions, weights = TRLRewards(model).functions()
     first = functions[0]
-    seen = {"failed": 0, "judgements": 0}
+    seen = dict.fromkeys(COUNT_METRICS.values(), 0.0)
 
-    async def with_failure_metric(*args: Any, log_metric: Callable[[str, float], None] | None = None,
-                                  **kwargs: Any) -> list[float]:
+    async def with_counts(*args: Any, log_metric: Callable[[str, float], None] | None = None,
+                          **kwargs: Any) -> list[float | None]:
         rewards = await first(*args, **kwargs)
-        failed = sum(n for key, n in model.stats.items() if key.startswith("failed_"))
-        judgements = model.stats["judgements"]
+        now = _batch_counts(model)
+        batch = _sum_over_processes([float(now[key] - seen[key]) for key in COUNT_METRICS.values()])
+        seen.update(now)
         if log_metric is not None:
-            log_metric("verifier/judgements", float(judgements - seen["judgements"]))
-            log_metric("verifier/failed_judgements", float(failed - seen["failed"]))
-        seen.update(failed=failed, judgements=judgements)
+            for metric, value in zip(COUNT_METRICS, batch):
+                log_metric(metric, value)
         return rewards
 
-    with_failure_metric.__name__ = with_failure_metric.__qualname__ = first.__name__
-    return [with_failure_metric, *functions[1:]], weights
+    with_counts.__name__ = with_counts.__qualname__ = first.__name__
+    return [with_counts, *functions[1:]], weights
+
+
+def reward_totals(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """The counts of ``COUNT_METRICS`` over the whole run, from the trainer's log history (a
+    resumed run's history holds the steps before its checkpoint, never those redone). Each
+    entry holds its logging interval's mean per step."""
+    totals = dict.fromkeys(COUNT_METRICS.values(), 0.0)
+    previous = 0
+    for entry in log_history:
+        if not any(metric in entry for metric in COUNT_METRICS) or "step" not in entry:
+            continue
+        steps = max(1, int(entry["step"]) - previous)
+        previous = int(entry["step"])
+        for metric, key in COUNT_METRICS.items():
+            totals[key] += float(entry.get(metric, 0.0)) * steps
+    return totals
 
 
 def peft_config(options: dict[str, Any] | None) -> Any:
@@ -191,11 +272,15 @@ def build_grpo_trainer(recipe: GRPORecipe, reward_model: RewardModel | None = No
 
     args = grpo_arguments(recipe)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
+    check_data_protocol(recipe.train_data, recipe.protocol)
     dataset = load_rows(recipe.train_data)
     require_columns(dataset, ("prompt", "question"), recipe.train_data)
     if recipe.max_prompt_tokens:
         dataset = drop_long_prompts(dataset, tokenizer, recipe.max_prompt_tokens, args.chat_template_kwargs)
-    reward_model = reward_model or build_reward_model(recipe.reward_config)
+    reward_model = reward_model or build_reward_model(recipe.reward_config, recipe.protocol)
+    if reward_model.config.protocol != recipe.protocol:
+        raise RecipeConfigError(f"the reward's protocol is {reward_model.config.protocol!r}, the recipe's "
+                                f"{recipe.protocol!r}")
     functions, weights = reward_functions(reward_model)
     args.reward_weights = weights
     trainer = GRPOTrainer(model=recipe.model, reward_funcs=functions, args=args, train_dataset=dataset,
@@ -210,10 +295,9 @@ def run_grpo(recipe: GRPORecipe, reward_model: RewardModel | None = None) -> dic
     try:
         trainer.train(resume_from_checkpoint=_last_checkpoint(recipe.output_dir))
         trainer.save_model(recipe.output_dir)
-        stats = dict(reward_model.stats)
+        stats = reward_totals(trainer.state.log_history)
         if trainer.is_world_process_zero():
             _write_json(Path(recipe.output_dir, TRAINING_LOG_FILE), trainer.state.log_history)
-            # This process's counters (each training process scores its own share of the rollouts).
             _write_json(Path(recipe.output_dir, REWARD_STATS_FILE), stats)
         return {"log_history": trainer.state.log_history, "reward_stats": stats}
     finally:

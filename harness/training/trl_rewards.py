@@ -5,6 +5,10 @@ with the paper's weights (format weighted 0, logged only) is exactly
 ``format * (w_syntax * syntax + ...)``. TRL awaits async reward functions
 together; the six share one computation per batch, so each completion is
 parsed, run and judged once.
+
+A completion whose judgement failed gets None from every part: TRL then leaves
+it out of its group's mean and standard deviation, gives it no advantage, and
+leaves it out of the logged part means (rather than scoring the failed part 0).
 """
 
 from __future__ import annotations
@@ -50,11 +54,11 @@ class TRLRewards:
 
         def make(part: str) -> Callable:
             async def reward(prompts: list, completions: list, question: list[str] | None = None,
-                             **_: Any) -> list[float]:
+                             **_: Any) -> list[float | None]:
                 if question is None:
                     raise ValueError("the training data needs a 'question' column (see harness.training.data)")
                 results = await self._results(list(question), [completion_text(c) for c in completions])
-                return [r.parts["format"] * r.parts[part] for r in results]
+                return [None if r.excluded else r.parts["format"] * r.parts[part] for r in results]
 
             reward.__name__ = reward.__qualname__ = part
             return reward

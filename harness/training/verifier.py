@@ -90,6 +90,7 @@ class Judgement:
     score: float | None  # None: the verifier failed or its reply could not be read
     reason: str | None = None
     error: str | None = None
+    unreadable: bool = False  # the reply held no verdict, and the protocol scores that 0 (paper)
 
 
 def read_judgement(reply: str) -> Judgement:

@@ -15,7 +15,13 @@ configuration before any GPU is touched:
 - the manager is one that calls a per-sample async function (``naive``,
   ``rate_limited``);
 - no legacy key that verl 0.9 silently ignores carries a value (top-level
-  ``custom_reward_function.*``, ``reward_model.*``, VALOR's ``data.system_prompt``).
+  ``custom_reward_function.*``, ``reward_model.*``, VALOR's ``data.system_prompt``);
+- the run is one protocol throughout: the reward YAML's, ``reward_kwargs.protocol``,
+  the training data's (its ``manifest.json``) and Qwen3's thinking (on under
+  ``paper``, as the original trained; off under ``harness``) agree;
+- the rollout log's step arithmetic holds (``rollouts_per_step`` is the batch times
+  the group size) and the verifier's concurrency is divided among the reward workers
+  there are.
 
 It reads either the command line's Hydra overrides (composed with verl's own
 defaults when verl and Hydra are installed, else checked as they are) or a
@@ -50,6 +56,8 @@ VERL_DEFAULT_MANAGER = "naive"
 LEGACY_KEYS = ("custom_reward_function", "reward_model", "data.system_prompt")
 # The keyword arguments verl's reward loop passes to the function.
 VERL_CALL_KWARGS = ("data_source", "solution_str", "ground_truth", "extra_info")
+# What train.sh passes in reward_kwargs (the parameters of verl_reward.compute_score).
+REWARD_KWARGS = ("config", "protocol", "processes", "log_dir", "run", "rollouts_per_step", "checkpoint_dir")
 
 # The paper's values (Table 10, appendix A.6.3, the released launch script): a
 # deviation is reported, not refused (a smaller ablation run may mean it).
@@ -69,8 +77,8 @@ PAPER_SETTINGS: dict[str, Any] = {
     "actor_rollout_ref.actor.clip_ratio": 0.2,
     "actor_rollout_ref.actor.ppo_mini_batch_size": 64,
     "trainer.total_epochs": 4,
-    "data.apply_chat_template_kwargs.enable_thinking": False,
 }
+THINKING_KEY = "data.apply_chat_template_kwargs.enable_thinking"
 
 
 @dataclass
@@ -234,19 +242,25 @@ def check_config(config: Mapping[str, Any], complete: bool, source: str = "",
                       f"{' or '.join(PER_SAMPLE_MANAGERS)}")
 
     reward_yaml = kwargs.get("config")
+    protocol = kwargs.get("protocol")
     if not reward_yaml:
         errors.append("reward.custom_reward_function.reward_kwargs.config is not set: pass the reward YAML "
                       "(+reward.custom_reward_function.reward_kwargs.config=<file>)")
     else:
         try:
-            loaded = RewardConfig.from_yaml(reward_yaml)
+            loaded = RewardConfig.from_yaml(reward_yaml, protocol)
+            protocol = loaded.protocol
             report.effective["verifier"] = f"{loaded.verifier.get('backend')}:{loaded.verifier.get('model')}"
+            report.effective["protocol"] = protocol
         except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
             errors.append(f"reward YAML {reward_yaml} does not load: {exc}")
-    unknown_kwargs = sorted(set(kwargs) - {"config"})
+    if protocol in ("paper", "harness"):
+        _check_protocol(config, protocol, complete, report)
+    _check_rollout_log(config, kwargs, complete, report)
+    unknown_kwargs = sorted(set(kwargs) - set(REWARD_KWARGS))
     if unknown_kwargs:
-        errors.append(f"reward_kwargs {unknown_kwargs} are not parameters of our compute_score")
-
+        errors.append(f"reward_kwargs {unknown_kwargs} are not parameters of our compute_score "
+                      f"({', '.join(REWARD_KWARGS)})")
     if path and not errors:
         _check_callable(path, name, kwargs, errors)
 
@@ -257,6 +271,50 @@ def check_config(config: Mapping[str, Any], complete: bool, source: str = "",
         if value != expected:
             report.warnings.append(f"{key} = {value!r}; the paper used {expected!r}")
     return report
+
+
+def _check_protocol(config: Mapping[str, Any], protocol: str, complete: bool, report: CheckReport) -> None:
+    """Thinking and the training data must be the protocol's."""
+    thinking = get_dotted(config, THINKING_KEY)
+    if protocol == "paper" and thinking is False:
+        report.errors.append(f"{THINKING_KEY}=False, but the paper protocol trains with thinking on, as the "
+                             f"original did (it passed nothing); drop it or use the harness protocol")
+    if protocol == "harness" and thinking is not False and (complete or thinking is not None):
+        report.warnings.append(f"{THINKING_KEY} = {thinking!r}; the harness protocol trains without thinking")
+    if protocol == "harness" and thinking is None and not complete:
+        report.warnings.append(f"{THINKING_KEY} is not set; the harness protocol trains without thinking")
+    files = get_dotted(config, "data.train_files")
+    for name in files if isinstance(files, list) else [files] if files else []:
+        manifest = Path(os.path.expanduser(str(name))).parent / "manifest.json"
+        if not manifest.is_file():
+            continue
+        try:
+            written = (yaml.safe_load(manifest.read_text(encoding="utf-8")).get("options") or {}).get("protocol")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if written is not None and written != protocol:
+            report.errors.append(f"{name} was written for protocol {written!r} ({manifest}), the reward's is "
+                                 f"{protocol!r}; write it with `harness training-data --protocol {protocol}`")
+
+
+def _check_rollout_log(config: Mapping[str, Any], kwargs: Mapping[str, Any], complete: bool,
+                       report: CheckReport) -> None:
+    """A rollout's step is its rank in the run divided by the rollouts per step: they must match
+    the batch; the verifier's concurrency is divided by ``processes``, which should be the workers."""
+    batch = get_dotted(config, "data.train_batch_size")
+    group = get_dotted(config, "actor_rollout_ref.rollout.n")
+    if kwargs.get("log_dir"):
+        missing = [k for k in ("run", "rollouts_per_step") if not kwargs.get(k)]
+        if missing:
+            report.errors.append(f"reward_kwargs.log_dir needs reward_kwargs {', '.join(missing)} as well")
+        elif isinstance(batch, int) and isinstance(group, int) and int(kwargs["rollouts_per_step"]) != batch * group:
+            report.errors.append(f"reward_kwargs.rollouts_per_step is {kwargs['rollouts_per_step']}, but a step has "
+                                 f"{batch} x {group} = {batch * group} rollouts; the rollout log's steps would be wrong")
+    workers = get_dotted(config, "reward.num_workers")
+    processes = int(kwargs.get("processes") or 1)
+    if isinstance(workers, int) and workers != processes:
+        report.warnings.append(f"reward_kwargs.processes is {processes} but reward.num_workers is {workers}: the "
+                               f"verifier's max_concurrency is divided by {processes}, not by the workers there are")
 
 
 def _check_callable(path: str, name: str, kwargs: Mapping[str, Any], errors: list[str]) -> None:

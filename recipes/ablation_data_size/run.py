@@ -3,8 +3,9 @@
     python recipes/ablation_data_size/run.py --config recipes/ablation_data_size/config.yaml [--trainer trl|verl]
         [--sizes 40,160] [--dry-run] [--table-only] [--set key=value ...]
 
-Steps already done (their output exists) are skipped, so the same command resumes. The
-table (<work_dir>/table5.md) is written from the evaluations' results.json files.
+Steps that finished (their command exited with success: <work_dir>/done/) are skipped, so the
+same command resumes a killed ablation. The table (<work_dir>/table5.md) is written from the
+evaluations' results.json files.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.table_only:
         if args.dry_run:
             print(f"# per size: {json.dumps(describe(plan))}")
-        commands = run_steps(plan_steps(plan), dry_run=args.dry_run)
+        commands = run_steps(plan_steps(plan), plan.markers, dry_run=args.dry_run)
         if args.dry_run:
             print("\n".join(commands))
     if args.dry_run:

@@ -3,13 +3,15 @@
     python recipes/grounding_sft/ablation.py --config recipes/grounding_sft/ablation.yaml [--amounts 0.25,1.0]
         [--dry-run] [--table-only] [--set key=value ...]
 
-Steps already done (their output exists) are skipped, so the same command resumes. The
+Steps that finished (their command exited with success: <work_dir>/done/) are skipped, so the
+same command resumes a killed ablation. The
 table (<work_dir>/figure7.md and figure7.csv) is written from the evaluations' results.json.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 from harness.grounding.ablation import load_plan, plan_steps, write_table
@@ -25,11 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.set) + ([f"amounts=[{args.amounts}]"] if args.amounts else [])
     plan = load_plan(args.config, overrides)
     if args.dry_run:
-        print("\n".join(run_steps(plan_steps(plan), dry_run=True)))
+        print("\n".join(run_steps(plan_steps(plan), Path(plan.work_dir) / "done", dry_run=True)))
         print(f"# then: the table from {plan.work_dir}/eval/*/results.json into {plan.work_dir}/figure7.md and .csv")
         return 0
     if not args.table_only:
-        run_steps(plan_steps(plan))
+        run_steps(plan_steps(plan), Path(plan.work_dir) / "done")
     print(write_table(plan))
     return 0
 
