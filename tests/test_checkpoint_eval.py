@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import upstream_fixtures
 
 pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
@@ -99,7 +100,9 @@ def test_one_setting_switches_a_vllm_system_to_transformers(lora_run, tmp_path, 
 
 
 def test_harness_run_evaluates_the_lora_checkpoint(lora_run, tmp_path, monkeypatch):
-    """The documented command, on the transformers backend, end to end."""
+    """The documented command, on the transformers backend, end to end (valor-rl follows the
+    paper protocol: the original's prompt comes from the pinned files, here their stand-ins)."""
+    upstream_fixtures.install(monkeypatch, tmp_path / "upstream")
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     include = tmp_path / "include"
     include.mkdir()

@@ -136,7 +136,7 @@ def test_grpo_config_maps_the_papers_hyperparameters():
     harness = grpo_arguments(load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", [
         "protocol=harness", "grpo.use_cpu=true", "grpo.bf16=false", "grpo.use_vllm=false"]))
     assert harness.chat_template_kwargs == {"enable_thinking": False}
-    with pytest.raises(ValueError, match="protocol must be one of"):
+    with pytest.raises(ValueError, match="unknown protocol"):
         load_grpo_recipe(RECIPES / "reasoning_grpo_trl/config.yaml", ["protocol=mine"])
     # One optimizer update per 64-prompt generation batch: all its micro-batches accumulate.
     assert args.steps_per_generation == args.gradient_accumulation_steps == 320
@@ -220,7 +220,7 @@ def test_trl_grpo_paper_protocol_leaves_failed_judgements_out(tiny_model, tiny_d
     integer verdicts; a failed judgement makes every part None, so TRL leaves the completion out
     of its group and of the part means, and the count is logged."""
     from harness.training import protocol
-    from upstream_fixture import write_upstream
+    from upstream_fixtures import write_upstream
 
     texts = write_upstream(tmp_path / "upstream")
     monkeypatch.setattr(protocol, "paper_texts", lambda data_dir=None: texts)

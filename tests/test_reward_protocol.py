@@ -17,7 +17,7 @@ from harness.training.protocol import (
 from harness.training.reward import PARTS, RewardConfig, RewardModel
 from harness.training.verifier import VERIFIED_PARTS
 from harness.upstream import UpstreamAssetError
-from upstream_fixture import API_TEXT, FILES, write_upstream
+from upstream_fixtures import API_TEXT, FILES, write_upstream
 from harness import upstream
 
 PAPER_GOOD = ("<plan>Find the cups and count them.</plan>\n"
@@ -126,6 +126,9 @@ def test_paper_texts_come_only_from_checked_pinned_files(texts, tmp_path):
     ("x = 1", False),                                                  # final_answer never set
     ("final_answer = 1 / 0", False),
     ("final_answer = gd_detect(image=img_pth, phrases='cup')", False),  # our keyword names are not the original's
+    ("return 5", False),  # the original's wrapper: `return x` yields final_answer, still None
+    ("final_answer = 2\nreturn None", True),
+    ("final_answer = img_pth == ''", True),  # the original's img_pth was the empty string
 ])
 def test_the_original_syntax_rule_runs_once_against_its_stubs(sandbox, code, ok):
     assert check_original_syntax(sandbox, code, RewardConfig(protocol="harness").syntax_policy).ok is ok
@@ -165,7 +168,7 @@ def test_protocol_defaults_and_settings(tmp_path):
     assert paper.verifier_sampling == {}
     assert harness.verifier["thinking_budget"] == 0 and harness.verifier_sampling == {"temperature": 0.0}
     assert RewardConfig(verifier={"model": "gemini-2.5-pro"}).verifier["backend"] == "genai"  # defaults fill the rest
-    with pytest.raises(ProtocolError, match="protocol must be one of"):
+    with pytest.raises(ProtocolError, match="unknown protocol"):
         RewardConfig(protocol="vibes")
     path = tmp_path / "reward.yaml"
     path.write_text("protocol: harness\nverifier: {backend: openai, model: judge}\n")

@@ -235,7 +235,7 @@ def test_paper_protocol_data_from_the_pinned_queries_and_prompt(tmp_path, monkey
     """The original's 816 queries and system prompt come from the pinned upstream files (here the
     fixture's): the system prompt verbatim as the system turn, the bare question as the user turn."""
     from harness.training import protocol
-    from upstream_fixture import QUERIES, SYSTEM_PROMPT, write_upstream
+    from upstream_fixtures import QUERIES, SYSTEM_PROMPT, write_upstream
 
     texts = write_upstream(tmp_path / "upstream")
     monkeypatch.setattr(protocol, "paper_texts", lambda data_dir=None: texts)

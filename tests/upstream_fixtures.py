@@ -1,12 +1,14 @@
-"""Stand-ins for the original code's files, in the exact formats the paper protocol reads.
+"""Stand-ins for the original code's pinned files, in the exact formats the paper protocol reads.
 
-The real files are fetched at run time and never stored here; these hold our
-own text in the same shapes: a one-line prompt whose line breaks are the two
-characters backslash and n, a Python file whose ``check_synonyms`` assigns a
-prompt with three ``{}`` slots, a Python file whose ``vqa`` assigns
-``base_prompt`` under ``if use_full_image:`` and ``else:``, plain-text verifier
-prompts and a JSONL of training queries. :func:`install` writes them as an
-offline copy and pins their hashes.
+The real files are fetched at run time and never stored here; these hold our own
+text in the same shapes: a one-line prompt whose line breaks are the two
+characters backslash and n; a Python file whose ``check_synonyms`` assigns a
+prompt with three ``{}`` slots; a Python file whose ``vqa`` assigns
+``base_prompt`` under ``if use_full_image:`` and ``else:``; verifier prompts with
+three ``{}`` slots each; the tool API text; and a JSONL of training queries in
+the original's schema. :func:`install` writes them as the offline copy every
+store finds and pins their hashes; :func:`write_upstream` returns texts reading
+them through a pin of their own.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import json
 from pathlib import Path
 
 from harness import upstream
-from harness.upstream import UpstreamAsset, UpstreamPin
+from harness.upstream import AssetStore, PaperTexts, UpstreamAsset, UpstreamPin
 
 SYSTEM_PROMPT = (
-    "\\nYou write a plan and a program for a question about a picture. \\n\\n"
-    "Put the plan in <plan></plan> and the program in <answer></answer>.\\n"
-    "Tools: gd_detect(img_pth, prompt), depth(img_pth, bbox), vqa(img_pth, bbox, prompt).\\n"
-    "Braces stay as they are: {not a slot} {}.\\n"
+    r"FIXTURE SYSTEM PROMPT.\nWrite a <plan> and then a program in <answer> using gd_detect(img_pth, prompt), "
+    r"depth(img_pth, bbox) and vqa(img_pth, bbox, prompt).\nSet final_answer.\n"
+    r"Braces stay as they are: {not a slot} {}.\n"
 )
 assert "\n" not in SYSTEM_PROMPT  # one line, as the real file is
+
+API_TEXT = ("FIXTURE API: gd_detect(img_pth, prompt) -> [{'bbox': [x1, y1, x2, y2], 'label': str}]; "
+            "depth(img_pth, bbox); vqa(img_pth, bbox, prompt).")
 
 METRICS = '''import re
 
@@ -62,27 +66,41 @@ def gd_detect(img_pth, prompt):
     return []
 '''
 
-VERIFIER = {
-    upstream.LOGIC_REWARD: "Judge the plan's logic for: {query}\nPlan: {plan}\nAPI: {api}\nScore in <answer></answer>.\n",
-    upstream.ATTRIBUTE_REWARD: "Are measurements from tools? {query} {plan} {api} <answer></answer>\n",
-    upstream.SPATIAL_REWARD: "Are relations explicit? {query} {plan} {api} <answer></answer>\n",
-    upstream.CODE_REWARD: "Does the code follow the plan? {plan} {code} {api} <answer></answer>\n",
-    upstream.API_PROMPT: "def gd_detect(img_pth, prompt): ...\n",
-}
 
-TRAINING_ROWS = [
-    {"problem": "How many chairs are there?", "answer": "", "data_source": "omni3d-bench",
-     "extra_info": {"problem": "How many chairs are there?", "idx": 0}, "ability": "math",
-     "reward_model": {"style": "rule", "ground_truth": "How many chairs are there?"}},
-    {"problem": "Is the lamp taller than the table?", "answer": "",
-     "extra_info": {"problem": "Is the lamp taller than the table?", "idx": 1}, "ability": "math",
-     "reward_model": {"style": "rule", "ground_truth": "<image>\nIs the lamp taller than the table?"}},
-]
+def _template(name: str, first: str, second: str) -> str:
+    return (f"FIXTURE {name} CHECK.\n{first}: {{}}\n{second}: {{}}\nTools: {{}}\n"
+            "Reply with 1 or 0 inside <answer></answer>.")
+
+
+VERIFIER = {
+    upstream.LOGIC_REWARD: _template("LOGIC", "Question", "Plan"),
+    upstream.ATTRIBUTE_REWARD: _template("ATTRIBUTE", "Question", "Plan"),
+    upstream.SPATIAL_REWARD: _template("SPATIAL", "Question", "Plan"),
+    upstream.CODE_REWARD: _template("ADHERENCE", "Plan", "Program"),
+}
+FILES = {upstream.SYSTEM_PROMPT: SYSTEM_PROMPT, upstream.API_PROMPT: API_TEXT, **VERIFIER}
+
+QUERIES = ["How many red cubes are there?", "Is the mug left of the chair?",
+           "If the table is 0.8 m tall, how tall is the chair?", "How many red cubes are there?"]
+
+
+def training_rows() -> list[dict]:
+    """Rows in the original training file's schema (the last one repeats the first, as the original has repeats)."""
+    rows = []
+    for index, question in enumerate(QUERIES):
+        row = {"problem": question, "answer": "", "extra_info": {"problem": question, "idx": index},
+               "ability": "math", "reward_model": {"style": "rule", "ground_truth": question}}
+        if index < 2:
+            row["data_source"] = "omni3d-bench"
+        rows.append(row)
+    return rows
+
+
+TRAINING_ROWS = training_rows()
 
 
 def files() -> dict[str, bytes]:
-    texts = {upstream.SYSTEM_PROMPT: SYSTEM_PROMPT, upstream.METRICS: METRICS,
-             upstream.SPECIALISTS_API: SPECIALISTS_API, **VERIFIER,
+    texts = {**FILES, upstream.METRICS: METRICS, upstream.SPECIALISTS_API: SPECIALISTS_API,
              upstream.TRAINING_QUERIES: "".join(json.dumps(row) + "\n" for row in TRAINING_ROWS)}
     return {path: text.encode("utf-8") for path, text in texts.items()}
 
@@ -107,3 +125,9 @@ def install(monkeypatch, data_dir: Path) -> Path:
     monkeypatch.setattr(upstream, "VALOR", fixture_pin())
     monkeypatch.setenv("HARNESS_DATA_DIR", str(write_offline_copy(data_dir)))
     return data_dir
+
+
+def write_upstream(data_dir: Path) -> PaperTexts:
+    """The fixture files under ``data_dir`` (an offline copy) and texts reading them through a pin of their hashes."""
+    write_offline_copy(data_dir)
+    return PaperTexts(AssetStore(pin=fixture_pin(), data_dir=data_dir, cache_dir=data_dir / "cache"))

@@ -363,14 +363,16 @@ def paper_namespace(tool_names, call, image_path: str) -> dict:
     else:
         namespace["np"] = numpy
 
-    def gd_detect(img_pth, prompt):
-        return call("gd_detect", (img_pth, prompt), {})
+    # The arguments go as the program wrote them: the parent binds them to the signatures of
+    # the tools it serves (the evaluation's, or the training syntax check's stubs).
+    def gd_detect(*args, **kwargs):
+        return call("gd_detect", args, kwargs)
 
-    def vqa(img_pth, box=None, prompt="", fmt="xyxy", pad=0.25):
-        return call("vqa", (img_pth, box, prompt, fmt, pad), {})
+    def vqa(*args, **kwargs):
+        return call("vqa", args, kwargs)
 
-    def depth(img_pth, bbox):
-        value = call("depth", (img_pth, bbox), {})
+    def depth(*args, **kwargs):
+        value = call("depth", args, kwargs)
         return numpy.float32(value) if numpy is not None and isinstance(value, float) else value
 
     for tool in (gd_detect, vqa, depth):

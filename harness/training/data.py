@@ -51,7 +51,7 @@ from typing import Any, Callable, Sequence
 
 from harness.jsonl import json_objects
 from harness.tasks import TaskRegistry
-from harness.training.prompts import DEFAULT_PROMPT, training_prompt
+from harness.training.prompts import DEFAULT_PROMPT, PaperTrainingPrompt, TrainingPrompt
 from harness.types import AnswerType, Sample
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,14 @@ class DataOptions:
                 raise TrainingDataError(f"layout must be 'system' or 'user', got {self.layout!r}")
         if self.size is not None and self.size < 1:
             raise TrainingDataError(f"size must be at least 1, got {self.size}")
+
+
+def training_prompt(options: DataOptions) -> TrainingPrompt | PaperTrainingPrompt:
+    """The request layout the options ask for: the original's under ``paper``, ours under ``harness``."""
+    if options.protocol == "paper":
+        return PaperTrainingPrompt(options.data_dir)
+    return TrainingPrompt(options.prompt or DEFAULT_PROMPT, options.layout or "system",
+                          options.question_template or "{question}")
 
 
 @dataclass

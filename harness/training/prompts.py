@@ -8,13 +8,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from harness.systems.llm_program import LLMProgramSystem
 from harness.types import AnswerType, Sample
-
-if TYPE_CHECKING:
-    from harness.training.data import DataOptions
 
 DEFAULT_PROMPT = "prompts/program_writer.md"
 
@@ -54,10 +49,3 @@ class PaperTrainingPrompt:
 
     def messages(self, question: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.text}, {"role": "user", "content": question}]
-
-
-def training_prompt(options: "DataOptions") -> TrainingPrompt | PaperTrainingPrompt:
-    if options.protocol == "paper":
-        return PaperTrainingPrompt(options.data_dir)
-    return TrainingPrompt(options.prompt or DEFAULT_PROMPT, options.layout or "system",
-                          options.question_template or "{question}")

@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness.protocol import PAPER, ProtocolError, check_protocol
 from harness.sandbox.executor import Sandbox, SandboxPolicy
 from harness.systems.parsing import parse_reply
 from harness.training.syntax import DUMMY_IMAGE_SIZE, SyntaxResult, check_syntax
@@ -45,23 +46,12 @@ from harness.upstream import (
     UpstreamAssetError,
 )
 
-PROTOCOLS = ("paper", "harness")
 
 # Which original template judges which part, and the order of its three {} slots.
 PAPER_TEMPLATES = {"logic": LOGIC_REWARD, "attribute": ATTRIBUTE_REWARD, "spatial": SPATIAL_REWARD,
                    "adherence": CODE_REWARD}
 _PAPER_SLOTS = {"logic": ("query", "plan", "api"), "attribute": ("query", "plan", "api"),
                 "spatial": ("query", "plan", "api"), "adherence": ("plan", "code", "api")}
-
-
-class ProtocolError(ValueError):
-    """An unknown protocol, or settings that contradict the chosen one."""
-
-
-def check_protocol(name: str, where: str = "protocol") -> str:
-    if name not in PROTOCOLS:
-        raise ProtocolError(f"{where} must be one of {', '.join(PROTOCOLS)}, got {name!r}")
-    return name
 
 
 @dataclass
@@ -200,7 +190,8 @@ class OriginalStubSession:
 def check_original_syntax(sandbox: Sandbox, code: str, policy: SandboxPolicy) -> SyntaxResult:
     """The original's syntax part: the program runs once against the stubs without an error
     and ends with ``final_answer`` set (not None)."""
-    result = sandbox.run(code, OriginalStubSession(), DUMMY_IMAGE_SIZE, policy)
+    # In the original's execution wrapper (the paper dialect): `return x` yields final_answer.
+    result = sandbox.run(code, OriginalStubSession(), DUMMY_IMAGE_SIZE, policy, dialect=PAPER)
     if result.status == "ok":
         return SyntaxResult(True)
     last = (result.detail or "").strip().splitlines()[-1:] or [""]

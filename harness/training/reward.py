@@ -38,7 +38,8 @@ import yaml
 
 from harness.backends import BackendError, ChatBackend, make_chat_backend
 from harness.sandbox.executor import Sandbox, SandboxPolicy
-from harness.training.protocol import ProtocolError, RewardProtocol, check_protocol, make_protocol, protocol_class
+from harness.protocol import ProtocolError, check_protocol
+from harness.training.protocol import RewardProtocol, make_protocol, protocol_class
 from harness.training.verifier import VERIFIED_PARTS, Judgement
 from harness.training import protocol as protocol_module
 from harness.upstream import PaperTexts

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from harness.training.protocol import ProtocolError, check_protocol
+from harness.protocol import ProtocolError, check_protocol
 from harness.training.recipe_config import RecipeConfigError, load_recipe
 from harness.training.reward import RewardConfig, RewardModel
 from harness.training.trl_rewards import TRLRewards
