@@ -46,7 +46,9 @@ class ProgramSystem(System):
     other change), ``device`` (for backends that load models), ``concurrency``
     (programs in flight), ``generation_batch`` (samples whose programs are
     written together, e.g. one vLLM call), ``isolation`` (auto, bwrap, unshare,
-    process) and ``limits`` (fields of :class:`SandboxPolicy`, e.g. ``wall_seconds``).
+    process), ``allow_unsafe_isolation`` (run even where the sandbox cannot keep
+    programs from the user's files; see docs/sandbox.md) and ``limits`` (fields of
+    :class:`SandboxPolicy`, e.g. ``wall_seconds``).
     """
 
     kind = "program"
@@ -76,7 +78,8 @@ class ProgramSystem(System):
     def sandbox(self) -> Sandbox:
         with self._setup:
             if self._sandbox is None:
-                self._sandbox = Sandbox(self._policy, self._isolation)
+                self._sandbox = Sandbox(self._policy, self._isolation, spares=self.concurrency,
+                                        allow_unsafe=bool(self.params.get("allow_unsafe_isolation", False)))
             return self._sandbox
 
     def prepare(self, tasks) -> None:
@@ -133,6 +136,7 @@ class ProgramSystem(System):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["isolation"] = self.sandbox.isolation
+        info["isolation_missing"] = self.sandbox.missing
         return info
 
     def close(self) -> None:
