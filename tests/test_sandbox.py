@@ -390,3 +390,62 @@ def test_system_call_tables_match_libseccomp():
             assert pyseccomp.resolve_syscall(arches[machine], name) == number, (machine, name)
     wanted = set(lockdown.DENIED) | set(lockdown.SELF_ONLY)
     assert wanted - set(lockdown.SYSCALLS["x86_64"]) == set()
+
+
+def _filter_decision(program: bytes, arch: int, number: int, args: tuple = (0,) * 6) -> int:
+    """Run a classic BPF seccomp program on one system call (the instructions the filter uses)."""
+    import struct
+
+    data = struct.pack("=iIQ6Q", number, arch, 0, *args)
+    accumulator, pc = 0, 0
+    instructions = [struct.unpack_from("=HBBI", program, 8 * i) for i in range(len(program) // 8)]
+    while True:
+        op, jt, jf, k = instructions[pc]
+        pc += 1
+        if op == 0x20:
+            accumulator = struct.unpack_from("=I", data, k)[0]
+        elif op == 0x06:
+            return k
+        elif op == 0x05:
+            pc += k
+        else:
+            taken = {0x15: accumulator == k, 0x25: accumulator > k, 0x35: accumulator >= k,
+                     0x45: bool(accumulator & k)}[op]
+            pc += jt if taken else jf
+
+
+def test_the_seccomp_filter_decides_every_system_call_as_specified():
+    import errno
+
+    program = lockdown.seccomp_program()
+    machine = os.uname().machine
+    if program is None or machine not in lockdown.SYSCALLS:
+        pytest.skip("no built-in system call table for this machine")
+    table, arch = lockdown.SYSCALLS[machine], lockdown.AUDIT_ARCH[machine]
+    allow, eperm = 0x7FFF0000, 0x00050000 | errno.EPERM
+    denied = {table[name] for name in lockdown.DENIED if name in table}
+    filtered = {table[name] for name in (*lockdown.SELF_ONLY, "setpriority", "ioprio_set", "fcntl", "ioctl", "clone3")}
+    for number in range(600):
+        if number in filtered:
+            continue
+        assert _filter_decision(program, arch, number) == (eperm if number in denied else allow), number
+    assert _filter_decision(program, arch, table["clone3"]) == 0x00050000 | errno.ENOSYS
+    assert _filter_decision(program, arch ^ 1, 0) == 0x80000000  # another architecture's calls kill the process
+    if machine == "x86_64":  # x32 calls
+        assert _filter_decision(program, arch, 0x40000000 | 39) == eperm
+    for name in lockdown.SELF_ONLY:
+        assert _filter_decision(program, arch, table[name], (0, 1, 0, 0, 0, 0)) == allow, name
+        assert _filter_decision(program, arch, table[name], (1234, 1, 0, 0, 0, 0)) == eperm, name
+        assert _filter_decision(program, arch, table[name], (1 << 32, 1, 0, 0, 0, 0)) == allow, name  # int pid 0
+    assert _filter_decision(program, arch, table["setpriority"], (0, 0, 5, 0, 0, 0)) == allow
+    assert _filter_decision(program, arch, table["setpriority"], (2, 0, 5, 0, 0, 0)) == eperm  # PRIO_USER
+    assert _filter_decision(program, arch, table["setpriority"], (0, 77, 5, 0, 0, 0)) == eperm
+    assert _filter_decision(program, arch, table["ioprio_set"], (1, 0, 0, 0, 0, 0)) == allow
+    assert _filter_decision(program, arch, table["ioprio_set"], (1, 9, 0, 0, 0, 0)) == eperm
+    fcntl = table["fcntl"]
+    for command, argument, decision in ((1, 0, allow), (4, 0o4000, allow), (4, 0o20000 | 0o4000, eperm),
+                                        (8, 1, eperm), (10, 9, eperm), (15, 0, eperm), (1030, 0, allow)):
+        assert _filter_decision(program, arch, fcntl, (3, command, argument, 0, 0, 0)) == decision, command
+    ioctl = table["ioctl"]
+    for request, decision in ((0x5401, allow), (0x541B, allow), (0x8901, eperm), (0x5452, eperm), (0x5412, eperm)):
+        assert _filter_decision(program, arch, ioctl, (0, request, 0, 0, 0, 0)) == decision, hex(request)

@@ -324,7 +324,7 @@ class Sandbox:
                 if isinstance(exc, IsolationError):
                     raise
                 raise SandboxError(f"the sandbox ({', '.join(self.plan.layers)}) could not start: {exc}") from exc
-            obtained = layer_names(self.plan.launcher, zygote.layers)
+            obtained = layer_names(self.plan.launcher, zygote.layers, zygote.missing)
             if self._obtained is None:
                 log.info("sandbox ready (%s)", ", ".join(obtained))
             self._obtained, self._missing = obtained, dict(zygote.missing)

@@ -60,9 +60,9 @@ COSTS = {
     "pid-namespace": "programs can name the harness, the zygote and each other by PID, and what a program "
                      "starts is not killed with it: only seccomp's argument filters, Landlock's signal scope and "
                      "separate uids stop them from signalling those processes or changing their limits",
-    "mount-namespace": "workspaces are directories in one shared folder: their total size is not capped (each "
-                       "file is, by RLIMIT_FSIZE), only Landlock keeps a program out of another's, and the "
-                       "filesystem is not remounted read-only for programs",
+    "mount-namespace": "programs get a read-only workspace (no private, size-capped tmpfs to write in), and "
+                       "the filesystem is not remounted read-only for them: only file permissions and Landlock "
+                       "keep them from writing elsewhere",
     "own-uid": "programs run as the same user as the harness",
     "no-capabilities": "programs keep capabilities",
     "landlock": "nothing but file permissions (and bubblewrap's view, when present) limits what a program "
@@ -100,12 +100,13 @@ class IsolationPlan:
                 "own_uid": self.own_uid, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp}
 
 
-def layer_names(launcher: str, layers: dict) -> list[str]:
+def layer_names(launcher: str, layers: dict, missing: dict | None = None) -> list[str]:
     """The layers as recorded with every program."""
     names = [launcher]
     names += [name for key, name in (("pid_namespace", "pid-namespace"), ("mount_namespace", "mount-namespace"),
                                      ("own_uid", "own-uid")) if layers.get(key)]
-    names.append("no-capabilities")
+    if "no-capabilities" not in (missing or {}):
+        names.append("no-capabilities")
     if layers.get("landlock_abi"):
         names.append(f"landlock-v{layers['landlock_abi']}")
     if layers.get("seccomp"):
@@ -137,7 +138,8 @@ def _bwrap_namespaces() -> list[str]:
 @functools.lru_cache(maxsize=None)
 def bwrap_works() -> bool:
     return shutil.which("bwrap") is not None and _works(
-        ["bwrap", *_bwrap_namespaces(), "--die-with-parent", "--ro-bind", "/", "/", "true"])
+        ["bwrap", *_bwrap_namespaces(), "--die-with-parent", "--ro-bind", "/", "/", "--size", "65536", "--tmpfs", "/tmp",
+         "true"])
 
 
 @functools.lru_cache(maxsize=None)

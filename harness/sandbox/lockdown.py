@@ -298,7 +298,7 @@ AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _AUDIT_ARCH_LE = 0x40000000
 _X32_SYSCALL_BIT = 0x40000000
 
-_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+_LD_W_ABS, _JA, _JEQ_K, _JGT_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x05, 0x15, 0x25, 0x35, 0x45, 0x06
 _RET_ALLOW, _RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
 _RET_EPERM, _RET_ENOSYS = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
 
@@ -346,18 +346,33 @@ def seccomp_program() -> bytes | None:
     if native is None:
         return None
     arch, table = native
-    low = 0 if arch & _AUDIT_ARCH_LE else 4  # the low 32 bits of a 64-bit argument
+    low_half = 0 if arch & _AUDIT_ARCH_LE else 4  # where the low 32 bits of a 64-bit argument are
 
     def argument(index: int) -> int:
-        return 16 + 8 * index + low
+        return 16 + 8 * index + low_half
 
     code: list[tuple] = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 1, 0, arch), (_RET_K, 0, 0, _RET_KILL_PROCESS),
                          (_LD_W_ABS, 0, 0, 0)]
     if arch == AUDIT_ARCH["x86_64"]:  # x32 system calls reach the same kernel code under other numbers
         code += [(_JGE_K, 0, 1, _X32_SYSCALL_BIT), (_RET_K, 0, 0, _RET_EPERM)]
-    for name in DENIED:
-        if name in table:
-            code += [(_JEQ_K, 0, 1, table[name]), (_RET_K, 0, 0, _RET_EPERM)]
+    # Denied numbers as runs of consecutive numbers, each jumping to one shared return: a shorter
+    # program is faster to load into each program's process.
+    runs: list[list[int]] = []
+    for number in sorted({table[name] for name in DENIED if name in table}):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    chain: list[tuple] = []
+    for first, last in runs:
+        if first == last:
+            chain.append((_JEQ_K, "deny", 0, first))
+        else:
+            chain += [(_JGE_K, 0, 1, first), (_JGT_K, 0, "deny", last)]
+    deny_at = len(chain) + 1  # past the chain's last instruction and the jump over the return
+    code += [(op, deny_at - i - 1 if jt == "deny" else jt, deny_at - i - 1 if jf == "deny" else jf, k)
+             for i, (op, jt, jf, k) in enumerate(chain)]
+    code += [(_JA, 0, 0, 1), (_RET_K, 0, 0, _RET_EPERM)]  # the chain falls through past the return
     if "clone3" in table:
         code += [(_JEQ_K, 0, 1, table["clone3"]), (_RET_K, 0, 0, _RET_ENOSYS)]
     blocks = {name: _block([("load", argument(0)), (_JEQ_K, 0, "allow", "deny")]) for name in SELF_ONLY}

@@ -289,10 +289,11 @@ class Zygote:
             pass
         if layers["mount_namespace"]:
             step("mount-namespace", lambda: self._private_mounts(uid, workdir, failures))
-        if "mount-namespace" in failures or not layers["mount_namespace"]:
-            os.makedirs(workdir, mode=0o700, exist_ok=True)
-            if layers["own_uid"]:
-                os.chown(workdir, uid, uid)
+        private = layers["mount_namespace"] and "mount-namespace" not in failures
+        if not private:
+            # Without a size-capped tmpfs of its own, a program gets a read-only workspace (not its
+            # owner's uid, and Landlock grants no write), so it cannot fill the host's disk.
+            os.makedirs(workdir, mode=0o755, exist_ok=True)
         if workdir != os.environ.get("HOME"):
             os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         if layers["own_uid"]:  # a uid change empties the permitted, effective and ambient sets
@@ -307,7 +308,7 @@ class Zygote:
         if layers["landlock_abi"]:
             step("landlock", lambda: kernel.landlock_restrict(
                 self.ruleset if self.ruleset >= 0 else
-                kernel.landlock_ruleset(layers["landlock_abi"], self.config["readable"], [workdir, os.devnull])))
+                kernel.landlock_ruleset(layers["landlock_abi"], [*self.config["readable"], workdir], [os.devnull])))
         # Nothing of the zygote's stays open: only stdio (/dev/null) and the one descriptor kept.
         os.closerange(3, keep_fd)
         os.closerange(keep_fd + 1, _MAX_FD)
