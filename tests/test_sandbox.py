@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sandbox import lockdown, pool
+from harness.sandbox import lockdown, pool, seccomp
 from harness.sandbox.executor import Sandbox, SandboxPolicy
 from harness.sandbox.isolation import IsolationError, IsolationPlan, is_root, plan_isolation, zygote_command
 from sandbox_support import (
@@ -385,11 +385,11 @@ def test_private_tmp_is_mounted_before_the_python_installation():
 def test_system_call_tables_match_libseccomp():
     pyseccomp = pytest.importorskip("pyseccomp")
     arches = {"x86_64": pyseccomp.Arch.X86_64, "aarch64": pyseccomp.Arch.AARCH64}
-    for machine, table in lockdown.SYSCALLS.items():
+    for machine, table in seccomp.SYSCALLS.items():
         for name, number in table.items():
             assert pyseccomp.resolve_syscall(arches[machine], name) == number, (machine, name)
-    wanted = set(lockdown.DENIED) | set(lockdown.SELF_ONLY)
-    assert wanted - set(lockdown.SYSCALLS["x86_64"]) == set()
+    wanted = set(seccomp.DENIED) | set(seccomp.SELF_ONLY)
+    assert wanted - set(seccomp.SYSCALLS["x86_64"]) == set()
 
 
 def _filter_decision(program: bytes, arch: int, number: int, args: tuple = (0,) * 6) -> int:
@@ -417,14 +417,14 @@ def _filter_decision(program: bytes, arch: int, number: int, args: tuple = (0,) 
 def test_the_seccomp_filter_decides_every_system_call_as_specified():
     import errno
 
-    program = lockdown.seccomp_program()
+    program = seccomp.seccomp_program()
     machine = os.uname().machine
-    if program is None or machine not in lockdown.SYSCALLS:
+    if program is None or machine not in seccomp.SYSCALLS:
         pytest.skip("no built-in system call table for this machine")
-    table, arch = lockdown.SYSCALLS[machine], lockdown.AUDIT_ARCH[machine]
+    table, arch = seccomp.SYSCALLS[machine], seccomp.AUDIT_ARCH[machine]
     allow, eperm = 0x7FFF0000, 0x00050000 | errno.EPERM
-    denied = {table[name] for name in lockdown.DENIED if name in table}
-    filtered = {table[name] for name in (*lockdown.SELF_ONLY, "setpriority", "ioprio_set", "fcntl", "ioctl", "clone3")}
+    denied = {table[name] for name in seccomp.DENIED if name in table}
+    filtered = {table[name] for name in (*seccomp.SELF_ONLY, "setpriority", "ioprio_set", "fcntl", "ioctl", "clone3")}
     for number in range(600):
         if number in filtered:
             continue
@@ -433,7 +433,7 @@ def test_the_seccomp_filter_decides_every_system_call_as_specified():
     assert _filter_decision(program, arch ^ 1, 0) == 0x80000000  # another architecture's calls kill the process
     if machine == "x86_64":  # x32 calls
         assert _filter_decision(program, arch, 0x40000000 | 39) == eperm
-    for name in lockdown.SELF_ONLY:
+    for name in seccomp.SELF_ONLY:
         assert _filter_decision(program, arch, table[name], (0, 1, 0, 0, 0, 0)) == allow, name
         assert _filter_decision(program, arch, table[name], (1234, 1, 0, 0, 0, 0)) == eperm, name
         assert _filter_decision(program, arch, table[name], (1 << 32, 1, 0, 0, 0, 0)) == allow, name  # int pid 0

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.sandbox import lockdown
+from harness.sandbox import lockdown, seccomp
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/l
 # What the zygote keeps under bubblewrap to set up each program (and nothing else).
 _ZYGOTE_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL", "CAP_CHOWN",
                         "CAP_DAC_OVERRIDE", "CAP_FOWNER")
-SANDBOX_MODULES = ("channel", "lockdown", "runtime", "zygote")  # sent to the zygote, in import order
+SANDBOX_MODULES = ("channel", "lockdown", "seccomp", "runtime", "child", "zygote")  # sent to the zygote, in import order
 
 # What each layer stops, said when it is missing.
 COSTS = {
@@ -162,7 +162,7 @@ def landlock_abi() -> int:
 
 @functools.lru_cache(maxsize=None)
 def seccomp_works() -> bool:
-    return lockdown.seccomp_program() is not None
+    return seccomp.seccomp_program() is not None
 
 
 def plan_isolation(mode: str = "auto") -> IsolationPlan:
