@@ -1,13 +1,15 @@
 """Messages between the parent, the zygote and the programs: framing and bounded decoding.
 
-Every message is a 4-byte big-endian length and a UTF-8 JSON object. The
-parent reads what a program sends as hostile input: its size is checked before
+Every message is a 4-byte big-endian length and a body: JSON from a program
+(and in the zygote's first message), marshal between the harness's own
+processes and from the parent to a program. The parent reads what a program
+sends as hostile input: its size is checked before
 it is read, the whole message must arrive before a deadline (a program that
 sends one byte at a time cannot hold the parent), and decoding rejects what
 Python's ``json`` would accept but the harness could not record or score
 (NaN and infinities, numbers past float range, integers of more than
 ``MAX_DIGITS`` digits, nesting deeper than ``MAX_DEPTH``). The zygote and the
-programs trust what the parent sends and read it without those checks.
+programs trust what the parent sends.
 
 This module runs inside the sandbox too (standard library only).
 """
@@ -15,6 +17,7 @@ This module runs inside the sandbox too (standard library only).
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import select
 import socket
@@ -35,13 +38,21 @@ class DeadlineReached(Exception):
 
 
 def encode(message: dict) -> bytes:
+    """A message for a reader that trusts nothing: JSON."""
     data = json.dumps(message, ensure_ascii=False).encode("utf-8")
     return HEADER.pack(len(data)) + data
 
 
-def send_message(sock: socket.socket, message: dict, fds: list[int] | None = None) -> int:
+def encode_trusted(message: dict) -> bytes:
+    """A message between the harness's own processes, or from the parent to a program: marshal,
+    which both ends of one interpreter read faster than JSON (and which keeps infinities)."""
+    data = marshal.dumps(message)
+    return HEADER.pack(len(data)) + data
+
+
+def send_message(sock: socket.socket, message: dict, fds: list[int] | None = None, trusted: bool = False) -> int:
     """Send one message (with file descriptors riding on its first bytes); returns its size."""
-    data = encode(message)
+    data = encode_trusted(message) if trusted else encode(message)
     if fds:
         sent = socket.send_fds(sock, [data], fds)
         if sent < len(data):
@@ -52,8 +63,8 @@ def send_message(sock: socket.socket, message: dict, fds: list[int] | None = Non
 
 
 def send_before(sock: socket.socket, message: dict, deadline: float) -> None:
-    """Send one message on a blocking socket without blocking past ``deadline`` (socket.timeout)."""
-    data = memoryview(encode(message))
+    """Send one trusted message on a blocking socket without blocking past ``deadline`` (socket.timeout)."""
+    data = memoryview(encode_trusted(message))
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
     while data:
@@ -128,9 +139,9 @@ def recv_exact(sock: socket.socket, size: int) -> bytes:
 
 
 def recv_trusted(sock: socket.socket) -> dict:
-    """A message from the parent (inside the sandbox): no bounds, no deadline."""
+    """A trusted message (see :func:`encode_trusted`): no bounds, no deadline."""
     (size,) = HEADER.unpack(recv_exact(sock, HEADER.size))
-    return decode(recv_exact(sock, size), strict=False)
+    return marshal.loads(recv_exact(sock, size))
 
 
 def recv_with_fds(sock: socket.socket, max_fds: int = 1) -> tuple[dict, list[int]]:
@@ -143,7 +154,7 @@ def recv_with_fds(sock: socket.socket, max_fds: int = 1) -> tuple[dict, list[int
     if len(head) < HEADER.size:
         head += recv_exact(sock, HEADER.size - len(head))
     (size,) = HEADER.unpack(head)
-    return decode(recv_exact(sock, size), strict=False), list(fds)
+    return marshal.loads(recv_exact(sock, size)), list(fds)
 
 
 class MessageReader:

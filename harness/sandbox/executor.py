@@ -164,7 +164,7 @@ class Conversation:
         policy = self.policy
         deadline = time.monotonic() + policy.wall_seconds
         timeout = ExecutionResult("timeout", detail=f"wall-clock limit of {policy.wall_seconds:g} s reached")
-        if not self._send(channel.encode(job), deadline):
+        if not self._send(channel.encode_trusted(job), deadline):
             return timeout
         while True:
             try:
@@ -189,7 +189,7 @@ class Conversation:
             spent = time.monotonic() - started
             self.tool_seconds += spent
             deadline += spent  # time in tools is not the program's
-            encoded = channel.encode(reply)
+            encoded = channel.encode_trusted(reply)
             self.recorded += size + len(encoded)
             if self.recorded > policy.max_recorded_bytes:
                 record = {"tool": record["tool"], "truncated": f"arguments and result not recorded: this program's "

@@ -108,10 +108,9 @@ class ZygoteProcess:
         boot = {"modules": list(sandbox_sources()), "config": self.config}
         parent_end.settimeout(START_TIMEOUT)
         try:
-            channel.send_message(parent_end, boot)
-            (size,) = channel.HEADER.unpack(channel.recv_exact(parent_end, channel.HEADER.size))
-            ready = channel.decode(channel.recv_exact(parent_end, size), strict=False)
-        except (EOFError, OSError, channel.ProtocolError) as exc:
+            channel.send_message(parent_end, boot)  # JSON: what the bootstrap reads
+            ready = channel.recv_trusted(parent_end)
+        except (EOFError, OSError, ValueError) as exc:
             self.kill()
             error = self._process.stderr.read().decode(errors="replace")[-3000:] if self._process.stderr else ""
             raise ZygoteFailure(f"the zygote failed to start ({exc}): {error.strip()}") from exc
@@ -173,7 +172,7 @@ class ZygoteProcess:
                     log.warning("sandbox: %s", self._last_error)
                 for fd in fds:
                     os.close(fd)
-        except (EOFError, OSError, channel.ProtocolError, KeyError, TypeError, ValueError) as exc:
+        except (EOFError, OSError, KeyError, TypeError, ValueError) as exc:
             if not isinstance(exc, EOFError):
                 reason = f"the zygote's control channel failed: {exc}"
         self._mark_dead(reason)

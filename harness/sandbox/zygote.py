@@ -238,7 +238,7 @@ class Zygote:
         self.children[pid] = (slot, index, workdir)
         self.slots[slot] = pid
         try:
-            channel.send_message(self.control, {"op": "spare", "slot": slot}, [ours])
+            channel.send_message(self.control, {"op": "spare", "slot": slot}, [ours], trusted=True)
         finally:
             os.close(ours)
 
@@ -270,7 +270,7 @@ class Zygote:
                 exited["signal"] = os.WTERMSIG(status)
             else:
                 exited["code"] = os.WEXITSTATUS(status)
-            channel.send_message(self.control, exited)
+            channel.send_message(self.control, exited, trusted=True)
 
     def kill(self, slot, report: bool) -> None:
         pid = self.slots.get(slot)
@@ -288,7 +288,7 @@ class Zygote:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         channel.send_message(self.control, {"op": "ready", "pid": self.pid, "layers": self.layers,
-                                            "missing": self.missing, "fatal": self.fatal})
+                                            "missing": self.missing, "fatal": self.fatal}, trusted=True)
         if self.fatal:
             return
         try:
@@ -300,7 +300,7 @@ class Zygote:
                 while self.control in readable:
                     try:
                         message, fds = channel.recv_with_fds(self.control)
-                    except (EOFError, OSError, channel.ProtocolError):
+                    except (EOFError, OSError, ValueError):
                         return
                     for fd in fds:
                         os.close(fd)
@@ -332,7 +332,7 @@ class Zygote:
             error = f"cannot fork a program's process: {exc}"
             if error != self.spawn_error:
                 self.spawn_error = error
-                channel.send_message(self.control, {"op": "error", "detail": error})
+                channel.send_message(self.control, {"op": "error", "detail": error}, trusted=True)
             time.sleep(0.05)
             return
         self.pending -= 1
