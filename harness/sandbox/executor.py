@@ -314,7 +314,7 @@ class Sandbox:
             config = {"layers": self.plan.wanted(), "uid_base": _UID_BASE, "workroot": workroot,
                       "workspace_mb": self.policy.file_mb, "workspace_inodes": 1024, "readable": readable_paths(),
                       "env": SANDBOX_ENV, "preload": list(self.preload), "spares": self.spares,
-                      "parent_pid": None if self.plan.launcher == "bwrap" else os.getpid()}
+                      "parent_pid": os.getpid() if self.plan.launcher == "process" else None}
             zygote = ZygoteProcess(self.plan, config, host_dir)
             try:
                 zygote.start()

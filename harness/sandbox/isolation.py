@@ -2,9 +2,9 @@
 
 The launcher wraps the zygote (strongest first): ``bwrap`` (bubblewrap: own
 PID, network, IPC and UTS namespaces, a filesystem holding only the Python
-installation read-only and a size-capped /tmp), ``unshare`` (network, IPC and
-UTS namespaces) or a plain ``process``. Inside it, every program's process gets
-the per-program layers (``zygote.py``): its own PID and mount namespaces, its
+installation read-only and a size-capped /tmp), ``unshare`` (network, IPC, UTS
+and PID namespaces) or a plain ``process``. Inside it, every program's process
+gets the per-program layers (``child.py``): its own PID and mount namespaces, its
 own uid without capabilities, Landlock, seccomp, rlimits, a scrubbed
 environment. ``docs/sandbox.md`` says what each layer stops.
 
@@ -144,11 +144,14 @@ def bwrap_works() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def unshare_prefix() -> tuple[str, ...] | None:
-    """``unshare`` arguments that give network, IPC and UTS namespaces here, if any do."""
+    """``unshare`` arguments that give network, IPC, UTS and PID namespaces here, if any do. The
+    zygote is the first process of its PID namespace (``--fork``; ``--kill-child`` ends it with
+    ``unshare``), which it needs to return to after making each program's namespace."""
     if shutil.which("unshare") is None:
         return None
-    prefixes = [("unshare", "--net", "--ipc", "--uts")] if is_root() else []
-    prefixes.append(("unshare", "--user", "--map-root-user", "--net", "--ipc", "--uts"))
+    namespaces = ("--net", "--ipc", "--uts", "--pid", "--fork", "--kill-child")
+    prefixes = [("unshare", *namespaces)] if is_root() else []
+    prefixes.append(("unshare", "--user", "--map-root-user", *namespaces))
     for prefix in prefixes:
         if _works([*prefix, "true"]):
             return prefix
@@ -175,7 +178,7 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
     elif mode in ("auto", "unshare") and unshare_prefix():
         launcher = "unshare"
     elif mode == "unshare":
-        raise IsolationError("unshare cannot create network, IPC and UTS namespaces here")
+        raise IsolationError("unshare cannot create network, IPC, UTS and PID namespaces here")
     else:
         launcher = "process"
     # The zygote can make namespaces when it is root, or root of a user namespace its launcher made.

@@ -171,7 +171,7 @@ class Zygote:
         while chunk := os.read(read_end, 65536):
             chunks.append(chunk)
         os.close(read_end)
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
         if not self.layers["mount_namespace"]:
             remove_tree(self.setup.workdir(0))
         try:
@@ -179,7 +179,8 @@ class Zygote:
         except ValueError:
             report = {}
         if not isinstance(report.get("failures"), dict):
-            self.fatal = str(report.get("fatal") or "the probe process sent no report")
+            ended = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"code {os.WEXITSTATUS(status)}"
+            self.fatal = str(report.get("fatal") or f"the probe process ended ({ended}) without a report")
             return
         failures = report["failures"]
         if "readable" in failures:
@@ -197,10 +198,11 @@ class Zygote:
                 if not probe:
                     raise
                 self._lose("pid-namespace", str(exc))
+        pid = -1
         try:
             pid = os.fork()
         finally:
-            if self.layers["pid_namespace"] and os.getpid() == self.pid:
+            if self.layers["pid_namespace"] and pid != 0:  # the zygote (the child has its own PID 1)
                 self.kernel.setns(self.pidns_fd, lockdown.CLONE_NEWPID)
         if pid == 0:
             signal.set_wakeup_fd(-1)
