@@ -29,10 +29,10 @@ from harness.sandbox.isolation import (
     IsolationError, IsolationPlan, SANDBOX_ENV, check_isolation, layer_names, plan_isolation, readable_paths,
 )
 from harness.sandbox.pool import Spare, ZygoteFailure, ZygoteProcess
+from harness.sandbox.zygote import LOCKDOWN_FAILED, RUNTIME_FAILED
 
 log = logging.getLogger(__name__)
 
-_RUNTIME_FAILED, _LOCKDOWN_FAILED = 70, 71  # exit codes of a process whose sandbox code (not the program) failed
 _SPARE_TIMEOUT = 120.0  # a zygote that says nothing for pool.CONTROL_TIMEOUT fails sooner
 _DETAIL_CHARS = 20000
 _UID_BASE = 1_600_000_000  # programs' uids: far above any account's
@@ -255,9 +255,9 @@ def ended_without_result(exit: dict, policy: SandboxPolicy) -> ExecutionResult:
             return ExecutionResult("timeout", detail=f"CPU limit of {policy.cpu_seconds} s reached")
         return ExecutionResult("killed", detail=f"killed by {name}")
     code = exit.get("code")
-    if code == _LOCKDOWN_FAILED:
+    if code == LOCKDOWN_FAILED:
         return ExecutionResult("killed", detail="the sandbox could not lock this program's process down")
-    if code == _RUNTIME_FAILED:
+    if code == RUNTIME_FAILED:
         return ExecutionResult("killed", detail="the sandbox runtime failed in this process")
     return ExecutionResult("killed", detail=f"the process exited with code {code} before returning a result")
 
@@ -374,18 +374,21 @@ class Sandbox:
         tools = tools or _NoTools()
         policy = policy or self.policy
         start = time.perf_counter()
-        zygote, spare = self._take()
-        conversation = Conversation(spare.channel, tools, policy)
-        result = None
-        try:
-            result = conversation.run(job_message(code, tools, image_size, policy))
-        finally:
-            spare.channel.close()
+        for attempt in range(2):  # a process that could not lock itself down never ran the program: retry once
+            zygote, spare = self._take()
+            conversation = Conversation(spare.channel, tools, policy)
+            result = None
             try:
-                exit = zygote.finish(spare.slot, wait=result is None)
-            except ZygoteFailure as exc:
-                self._replace(zygote, exc)
-                exit = {"lost": True}
+                result = conversation.run(job_message(code, tools, image_size, policy))
+            finally:
+                spare.channel.close()
+                try:
+                    exit = zygote.finish(spare.slot, wait=result is None)
+                except ZygoteFailure as exc:
+                    self._replace(zygote, exc)
+                    exit = {"lost": True}
+            if result is not None or exit.get("code") != LOCKDOWN_FAILED:
+                break
         if result is None:
             result = ended_without_result(exit, policy)
         result.tool_calls = conversation.calls

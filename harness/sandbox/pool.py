@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.sandbox import channel
-from harness.sandbox.zygote import remove_tree
 from harness.sandbox.isolation import SANDBOX_ENV, IsolationPlan, sandbox_sources, zygote_command
+from harness.sandbox.zygote import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class ZygoteProcess:
             raise ZygoteFailure("the harness is shutting down")
         _install_termination_handlers()
         parent_end, zygote_end = socket.socketpair()
+        self._control = parent_end  # closed by close(), whatever happens below
         try:
             command = zygote_command(self.plan, zygote_end.fileno(), int(self.config["workspace_mb"]) << 20)
             self._process = self._spawn(command, zygote_end.fileno())
@@ -122,7 +123,6 @@ class ZygoteProcess:
             raise ZygoteFailure(f"a program's process cannot be locked down here: {ready['fatal']}")
         self.layers, self.missing = ready["layers"], ready["missing"]
         parent_end.settimeout(None)
-        self._control = parent_end
         threading.Thread(target=self._read_control, name="sandbox-control", daemon=True).start()
 
     def _spawn(self, command: list[str], control_fd: int) -> subprocess.Popen:
@@ -259,13 +259,28 @@ class ZygoteProcess:
     # ------------------------------------------------------------------ ending
 
     def kill(self) -> None:
-        """End the zygote and every program process at once (safe from a signal handler)."""
+        """End the zygote and every program process at once (safe from a signal handler).
+
+        Under a launcher, the first process of the sandbox's PID namespace goes first: its
+        death ends every process in the namespace, and the launcher, its parent, reaps it
+        (killing the launcher first would leave it to the host's init to reap)."""
         process = self._process
-        if process is not None and process.poll() is None:
+        if process is None or process.poll() is not None:
+            return
+        try:
+            with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+                first = [int(pid) for pid in f.read().split()] if self.plan.launcher != "process" else []
+        except (OSError, ValueError):
+            first = []
+        for pid in first:
             try:
-                os.killpg(process.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def close(self) -> None:
         if self._closed:

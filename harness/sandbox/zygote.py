@@ -32,7 +32,7 @@ import time
 from harness.sandbox import channel, lockdown, seccomp
 from harness.sandbox.child import ChildSetup
 
-_LOCKDOWN_FAILED, _RUNTIME_FAILED = 71, 70
+LOCKDOWN_FAILED, RUNTIME_FAILED = 71, 70  # exit codes of a process whose sandbox code (not the program) failed
 
 
 def remove_tree(root: str, budget: int = 1_000_000) -> None:
@@ -228,10 +228,10 @@ class Zygote:
             self.free_uids.append(index)
             raise
         if pid == 0:
-            code = _LOCKDOWN_FAILED
+            code = LOCKDOWN_FAILED
             try:
                 self.setup.lock_down(self._uid(index), workdir, theirs)
-                code = _RUNTIME_FAILED
+                code = RUNTIME_FAILED
                 self.setup.serve_job(socket.socket(fileno=theirs))
                 code = 0
             finally:
