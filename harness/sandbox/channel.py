@@ -39,7 +39,7 @@ class DeadlineReached(Exception):
 
 def encode(message: dict) -> bytes:
     """A message for a reader that trusts nothing: JSON."""
-    data = json.dumps(message, ensure_ascii=False).encode("utf-8")
+    data = _ENCODER.encode(message).encode("utf-8")
     return HEADER.pack(len(data)) + data
 
 
@@ -94,6 +94,10 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options builds one per call
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_bounded_float, parse_int=_bounded_int)
+
+
 def _check_depth(value) -> None:
     stack = [(value, 1)]
     while stack:
@@ -106,23 +110,17 @@ def _check_depth(value) -> None:
             stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
 
 
-def decode(payload: bytes, strict: bool = True) -> dict:
-    """One message's JSON object; ``strict`` for anything a program sent."""
+def decode(payload: bytes) -> dict:
+    """One message a program sent, as a JSON object within the bounds above."""
     try:
-        text = payload.decode("utf-8")
-        if strict:
-            message = json.loads(text, parse_constant=_reject_constant, parse_float=_bounded_float,
-                                 parse_int=_bounded_int)
-        else:
-            message = json.loads(text)
+        message = _STRICT.decode(payload.decode("utf-8"))
     except ProtocolError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"malformed message: {str(exc)[:200]}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
-    if strict:
-        _check_depth(message)
+    _check_depth(message)
     return message
 
 
