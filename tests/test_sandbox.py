@@ -74,6 +74,8 @@ def test_statuses_for_ordinary_failures(sandbox):
         "numpy": "import numpy as np\nfinal_answer = np.array([1, 2]).sum() > 2",
         "stdlib": "import fcntl, json, re, decimal\nfinal_answer = str(decimal.Decimal(1) / 4)",
         "long_error": "raise ValueError('x' * 10**6)",
+        "cycle": "a = []\na.append(a)\nfinal_answer = a",
+        "big integer": "final_answer = 10 ** 150",
     })
     assert results["no_answer"].status == "no_answer"
     crashed = results["crash"]
@@ -86,6 +88,8 @@ def test_statuses_for_ordinary_failures(sandbox):
     assert results["numpy"].answer is True and results["numpy"].answer_pytype.startswith("numpy.bool")
     assert results["stdlib"].answer == "0.25"  # modules the zygote did not preload are readable
     assert results["long_error"].status == "exception" and len(results["long_error"].detail) < 30000
+    for name in ("cycle", "big integer"):  # answers the parent would refuse are the program's exception
+        assert results[name].status == "exception" and "cannot be recorded" in results[name].detail, name
 
 
 def test_no_network(sandbox):

@@ -192,6 +192,13 @@ class ChildSetup:
         lockdown.apply_limits(job["limits"], self.inherited_bytes, self.hard_limits)
         call = runtime.tool_caller(lambda message: channel.send_message(sock, message),
                                    lambda: channel.recv_trusted(sock))
-        outcome = runtime.run_job(job, call)
-        outcome["op"] = "result"
-        channel.send_message(sock, outcome)
+        try:
+            outcome = runtime.run_job(job, call)
+            outcome["op"] = "result"
+            data = channel.encode(outcome)
+            channel.decode(data[channel.HEADER.size:])  # what the parent would refuse is an exception here
+        except Exception as exc:  # e.g. a cycle, or an integer past the bounds
+            data = channel.encode({"op": "result", "status": "exception",
+                                   "detail": f"the program's answer cannot be recorded: {type(exc).__name__}: "
+                                             f"{str(exc)[:500]}"})
+        sock.sendall(data)
