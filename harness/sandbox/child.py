@@ -19,9 +19,11 @@ The zygote's probe runs the same steps tolerantly, noting each layer that fails.
 
 from __future__ import annotations
 
+import marshal
 import os
 import select
 import socket
+import sys
 
 from harness.sandbox import channel, lockdown, runtime
 
@@ -192,6 +194,11 @@ class ChildSetup:
         lockdown.apply_limits(job["limits"], self.inherited_bytes, self.hard_limits)
         call = runtime.tool_caller(lambda message: channel.send_message(sock, message),
                                    lambda: channel.recv_trusted(sock))
+        sock.sendall(self._result(job, call))
+
+    @staticmethod
+    def _result(job: dict, call) -> bytes:
+        """The result message of a job's program."""
         try:
             outcome = runtime.run_job(job, call)
             outcome["op"] = "result"
@@ -201,4 +208,18 @@ class ChildSetup:
             data = channel.encode({"op": "result", "status": "exception",
                                    "detail": f"the program's answer cannot be recorded: {type(exc).__name__}: "
                                              f"{str(exc)[:500]}"})
-        sock.sendall(data)
+        return data
+
+    def warm_up(self, jobs: list[dict], rounds: int = 24) -> None:
+        """Run the job path on the parent's warm-up jobs (trusted programs) in the zygote, with
+        tool replies looped back, until Python's adaptive interpreter has specialised it and
+        every lazily filled cache is full: each child then writes, and so copies, fewer pages."""
+        reply = channel.encode_trusted({"result": 2.5})[channel.HEADER.size:]
+        call = runtime.tool_caller(channel.encode, lambda: marshal.loads(reply))
+        saved = sys.stdin, sys.stdout, sys.stderr
+        try:
+            for _ in range(rounds):
+                for job in jobs:
+                    self._result(marshal.loads(channel.encode_trusted(job)[channel.HEADER.size:]), call)
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = saved

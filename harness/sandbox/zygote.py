@@ -135,6 +135,7 @@ class Zygote:
         self.setup = ChildSetup(kernel, self.layers, config, lockdown.virtual_memory_bytes())
         self._probe(seccomp_program)
         self.setup.prepare(seccomp_program)
+        self.setup.warm_up(config.get("warm_up", []))
         self.children: dict[int, tuple[int, int, str]] = {}  # pid -> (slot, uid index, workdir)
         self.slots: dict[int, int] = {}  # slot -> pid, until reaped
         self.silent: set[int] = set()  # slots whose exit the parent does not need to hear about
