@@ -2,8 +2,8 @@
 
 Runs inside the sandbox (standard library only). A :class:`ChildSetup` is built
 once in the zygote from the layers it obtained: everything that can be
-prepared ahead (the C functions, the Landlock ruleset, the seccomp program,
-mount options) is, and whatever a child would inherit anyway (no_new_privs, a
+prepared ahead (the C functions and their arguments, the Landlock ruleset,
+the seccomp program, warm code paths) is, and whatever a child would inherit anyway (no_new_privs, a
 non-dumpable zygote, empty supplementary groups and inheritable capabilities,
 an empty bounding set) is set on the zygote itself. Each child then makes only
 the calls that must be its own, in order:
@@ -32,15 +32,14 @@ _MOUNT_FLAGS = lockdown._MS_NOSUID | lockdown._MS_NODEV | lockdown._MS_NOEXEC
 
 
 class ChildSetup:
-    def __init__(self, kernel: lockdown.Kernel, layers: dict, config: dict, inherited_bytes: int) -> None:
+    def __init__(self, kernel: lockdown.Kernel, layers: dict, config: dict) -> None:
         self.kernel, self.layers, self.config = kernel, layers, config
-        self.inherited_bytes = inherited_bytes
+        self.inherited_bytes = lockdown.virtual_memory_bytes()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         try:  # readable when the zygote has exited: how a child tells it missed its parent-death signal
             self.zygote_pidfd = os.pidfd_open(os.getpid())
         except (OSError, AttributeError):
             self.zygote_pidfd = -1
-        self.pidns_fd = -1
         self.seccomp = None
         self.ruleset = -1
         self.hard_limits = lockdown.hard_limits()

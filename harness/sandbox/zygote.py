@@ -132,10 +132,12 @@ class Zygote:
         seccomp_program = seccomp.seccomp_program() if self.layers["seccomp"] else None
         if self.layers["seccomp"] and seccomp_program is None:
             self._lose("seccomp", f"no system call table for {os.uname().machine} and pyseccomp is not installed")
-        self.setup = ChildSetup(kernel, self.layers, config, lockdown.virtual_memory_bytes())
+        self.setup = ChildSetup(kernel, self.layers, config)
         self._probe(seccomp_program)
         self.setup.prepare(seccomp_program)
         self.setup.warm_up(config.get("warm_up", []))
+        # What a child inherits of address space; its program's memory budget comes on top.
+        self.setup.inherited_bytes = lockdown.virtual_memory_bytes()
         self.children: dict[int, tuple[int, int, str]] = {}  # pid -> (slot, uid index, workdir)
         self.slots: dict[int, int] = {}  # slot -> pid, until reaped
         self.silent: set[int] = set()  # slots whose exit the parent does not need to hear about
