@@ -1,7 +1,8 @@
 """Programs per second and machine CPU per program: in-process exec vs fresh interpreters vs our warm sandbox.
 
 (a) in-process ``exec`` (unsafe, for reference only: what the original evaluation did);
-(b) four fresh isolated interpreters in parallel (a new sandbox, with the same isolation, per program);
+(b) four fresh isolated interpreters in parallel (a new sandbox, with the same isolation, per program,
+    without the warm-up that pays off only over many programs);
 (c) ours: one warm zygote with locked-down processes forked ahead, four programs in flight;
 (d) a whole run of the reference system on the synthetic benchmark (456 programs with oracle tools).
 
@@ -87,7 +88,7 @@ def in_process(code: str, n: int) -> float:
 
 def fresh_interpreters(code: str, n: int) -> float:
     def one(_):
-        with Sandbox(spares=1) as sandbox:
+        with Sandbox(spares=1, warm_up=False) as sandbox:
             result = sandbox.run(code, ConstantDepth(), (320, 240))
             assert result.status == "ok", result
 

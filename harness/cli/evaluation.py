@@ -176,7 +176,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     context = ToolContext(image, image.size(), sample, key=args.program.stem)
     backend = None if args.tools == "none" else make_backend(args.tools, **nested(parse_key_values(args.tool_options)))
     with Sandbox(SandboxPolicy(wall_seconds=args.timeout), args.isolation, spares=1,
-                 allow_unsafe=args.allow_unsafe_isolation) as sandbox:
+                 allow_unsafe=args.allow_unsafe_isolation, warm_up=False) as sandbox:
         result = sandbox.run(code, backend.session(context) if backend else None, context.image_size)
     if backend is not None:
         backend.close()

@@ -277,16 +277,20 @@ class Sandbox:
 
     Thread-safe: call :meth:`run` from as many threads as programs should run at
     once. The zygote starts on first use (or :meth:`start`), keeps ``spares``
-    locked-down processes ready, and is replaced if it dies or stops answering.
+    locked-down processes ready (``warm_up`` first runs a few programs through the
+    job path, to make every later one cheaper), and is replaced if it dies or stops
+    answering.
     ``allow_unsafe`` accepts isolation that would let programs read the user's
     files or keep root's privileges (see ``isolation.check_isolation``).
     """
 
     def __init__(self, policy: SandboxPolicy | None = None, isolation: str = "auto",
-                 preload: tuple[str, ...] = ("numpy",), spares: int = 2, allow_unsafe: bool = False) -> None:
+                 preload: tuple[str, ...] = ("numpy",), spares: int = 2, allow_unsafe: bool = False,
+                 warm_up: bool = True) -> None:
         self.policy = policy or SandboxPolicy()
         self.plan: IsolationPlan = plan_isolation(isolation)
         self.preload, self.spares, self.allow_unsafe = preload, max(1, spares), allow_unsafe
+        self.warm_up = warm_up  # worth its start-up time only for more than a few programs
         check_isolation(self.plan.launcher, self.plan.wanted(), {}, allow_unsafe)
         self._lock = threading.Lock()
         self._zygote: ZygoteProcess | None = None
@@ -325,7 +329,8 @@ class Sandbox:
                       "workspace_mb": self.policy.file_mb, "workspace_inodes": 1024, "readable": readable_paths(),
                       "env": SANDBOX_ENV, "preload": list(self.preload), "spares": self.spares,
                       "parent_pid": os.getpid() if self.plan.launcher == "process" else None,
-                      "warm_up": [job_message(code, _WarmUpTools(), (64, 48), self.policy) for code in _WARM_UP]}
+                      "warm_up": [job_message(code, _WarmUpTools(), (64, 48), self.policy) for code in _WARM_UP]
+                      if self.warm_up else []}
             zygote = ZygoteProcess(self.plan, config, host_dir)
             try:
                 zygote.start()
