@@ -91,6 +91,7 @@ class ZygoteProcess:
         self._last_heard = time.monotonic()
         self._last_error: str | None = None
         self._closed = False
+        self._reader: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,7 +124,8 @@ class ZygoteProcess:
             raise ZygoteFailure(f"a program's process cannot be locked down here: {ready['fatal']}")
         self.layers, self.missing = ready["layers"], ready["missing"]
         parent_end.settimeout(None)
-        threading.Thread(target=self._read_control, name="sandbox-control", daemon=True).start()
+        self._reader = threading.Thread(target=self._read_control, name="sandbox-control", daemon=True)
+        self._reader.start()
 
     def _spawn(self, command: list[str], control_fd: int) -> subprocess.Popen:
         """Start the zygote from a thread that lives exactly as long as it does.
@@ -175,7 +177,19 @@ class ZygoteProcess:
         except (EOFError, OSError, KeyError, TypeError, ValueError) as exc:
             if not isinstance(exc, EOFError):
                 reason = f"the zygote's control channel failed: {exc}"
+        if not self._closed:
+            reason += self._last_words()
         self._mark_dead(reason)
+
+    def _last_words(self) -> str:
+        """What a zygote that died wrote to its stderr (its traceback), if it has ended."""
+        process = self._process
+        try:
+            process.wait(timeout=2)
+            text = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            return ""
+        return f" (exit status {process.returncode}{': ' + text[-1500:] if text else ''})"
 
     def _mark_dead(self, reason: str) -> None:
         with self._changed:
@@ -189,10 +203,10 @@ class ZygoteProcess:
         return self._dead is None and self._process is not None and self._process.poll() is None
 
     def _send(self, message: dict) -> None:
-        if self._dead is not None:
-            raise ZygoteFailure(self._dead)
         try:
-            with self._send_lock:
+            with self._send_lock:  # also keeps close() from closing the socket mid-send
+                if self._dead is not None:
+                    raise ZygoteFailure(self._dead)
                 channel.send_before(self._control, message, time.monotonic() + CONTROL_TIMEOUT)
         except OSError as exc:
             self._mark_dead(f"the zygote stopped reading its control channel ({exc})")
@@ -301,7 +315,17 @@ class ZygoteProcess:
                 self._process.stderr.close()
         self._mark_dead("closed")
         if self._control is not None:
-            self._control.close()
+            # The reader may be inside a receive on this descriptor: wake it, and close only once
+            # it is out (a descriptor closed under it could be reused by another socket meanwhile).
+            try:
+                self._control.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if self._reader is not None:
+                self._reader.join(CONTROL_TIMEOUT)
+            if self._reader is None or not self._reader.is_alive():
+                with self._send_lock:
+                    self._control.close()
         while True:
             try:
                 spare = self._spares.get_nowait()
