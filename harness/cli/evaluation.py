@@ -63,11 +63,14 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("exec", help="run one program in the sandbox and print its result as JSON")
     p.add_argument("program", type=Path, help="a Python file: the program body (it sets final_answer)")
-    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--image", type=Path, help="the image the program sees (default: a blank 640x480 image)")
     p.add_argument("--tools", default="oracle", help="tool backend: oracle (default), real, dummy, or none")
     p.add_argument("--scene", type=Path, help="scene ground truth (JSON) for the oracle tools")
     p.add_argument("--tool-options", metavar="K=V,...", help="settings of the tool backend, e.g. noise=0.2")
     p.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "process"])
+    p.add_argument("--allow-unsafe-isolation", action="store_true",
+                   help="run even where the sandbox cannot keep the program from your files (UNSAFE; see "
+                        "docs/sandbox.md)")
     p.add_argument("--timeout", type=float, default=60.0, help="wall-clock limit in seconds")
     p.add_argument("--protocol", choices=PROTOCOLS, default=HARNESS,
                    help="the tool API the program is written for: harness (`image`, det['box']) or paper "
@@ -198,16 +201,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from harness.tasks.sources import data_dir_from_env
     from harness.tools import ToolBackend, ToolContext, make_backend
     from harness.tools.paper_api import paper_program_inputs
-    from harness.types import FileImage, Sample
+    from harness.types import BytesImage, FileImage, Sample
     from harness.upstream import AssetStore, PaperTexts
 
     code = args.program.read_text(encoding="utf-8")
-    image = FileImage(str(args.image))
+    image = FileImage(str(args.image)) if args.image else BytesImage(_blank_png(), "<blank 640x480 image>")
     sample = Sample(id=args.program.stem, task="exec", question="", answer=None, answer_type="none", image=image,
                     meta={"scene": str(args.scene)} if args.scene else {})
     context = ToolContext(image, image.size(), sample, key=args.program.stem)
     backend = None if args.tools == "none" else make_backend(args.tools, **nested(parse_key_values(args.tool_options)))
-    with Sandbox(SandboxPolicy(wall_seconds=args.timeout), args.isolation) as sandbox:
+    with Sandbox(SandboxPolicy(wall_seconds=args.timeout), args.isolation, spares=1,
+                 allow_unsafe=args.allow_unsafe_isolation, warm_up=False) as sandbox:
         if args.protocol == PAPER:
             texts = PaperTexts(AssetStore(data_dir=data_dir_from_env(args.data_dir)))
             tools, files = paper_program_inputs(backend or ToolBackend(), context, texts, args.label_filter)
@@ -218,6 +222,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
         backend.close()
     print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
     return 0 if result.status == "ok" else 1
+
+
+def _blank_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def cmd_grounding_eval(args: argparse.Namespace) -> int:
@@ -277,6 +291,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"score:       strict {scores.get('strict')}   paper-compat {scores.get('compat')}"
             + (f"   (paper judge: {record['paper_judge'].get('error') or 'ok'})" if record.get("paper_judge") else ""),
         ]
+        if record.get("isolation"):
+            lines.append(f"isolation:   {', '.join(map(str, record['isolation']))}")
         for key in ("plan", "program", "raw", "detail"):
             if record.get(key):
                 lines += [f"{key}:", *("    " + line for line in str(record[key]).splitlines())]

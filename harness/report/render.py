@@ -70,6 +70,18 @@ def status_of(entry: Entry) -> str:
 
 # --------------------------------------------------------------------------- summary
 
+def _isolation(run: dict[str, Any]) -> str | None:
+    """The sandbox layers the run's programs ran under, and those this machine did not give."""
+    config = run.get("system_config") if isinstance(run.get("system_config"), dict) else {}
+    layers, missing = config.get("isolation"), config.get("isolation_missing")
+    if not isinstance(layers, list):
+        return None
+    text = ", ".join(map(str, layers))
+    if isinstance(missing, dict) and missing:
+        text += f" (missing: {', '.join(map(str, missing))})"
+    return text
+
+
 def _summary(data: RunData) -> str:
     run, results = data.run, data.results
     config = results.get("config") if isinstance(results.get("config"), dict) else {}
@@ -88,6 +100,7 @@ def _summary(data: RunData) -> str:
         ("Seed", config.get("seed", run.get("seed"))),
         ("Limit", "none" if limit is None else f"{limit:g}" if isinstance(limit, (int, float)) else limit),
         ("Run directory", data.run_dir.name),
+        ("Isolation", _isolation(run)),
     ]
     rows = "".join(f"<dt>{esc(k)}</dt><dd>{esc('-' if v is None else v)}</dd>" for k, v in meta)
     higher = results.get("higher_is_better") if isinstance(results.get("higher_is_better"), dict) else {}

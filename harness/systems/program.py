@@ -53,10 +53,12 @@ class ProgramSystem(System):
     other change), ``device`` (for backends that load models), ``concurrency``
     (programs in flight), ``generation_batch`` (samples whose programs are
     written together, e.g. one vLLM call), ``isolation`` (auto, bwrap, unshare,
-    process) and ``limits`` (fields of :class:`SandboxPolicy`, e.g. ``wall_seconds``).
-    Under the ``paper`` protocol programs see the original tool API
-    (:mod:`harness.tools.paper_api`); ``label_filter`` (fixed, original) chooses
-    whether ``gd_detect`` keeps the original's filter bug.
+    process), ``allow_unsafe_isolation`` (run even where the sandbox cannot keep
+    programs from the user's files; see docs/sandbox.md) and ``limits`` (fields of
+    :class:`SandboxPolicy`, e.g. ``wall_seconds``). Under the ``paper`` protocol
+    programs see the original tool API (:mod:`harness.tools.paper_api`);
+    ``label_filter`` (fixed, original) chooses whether ``gd_detect`` keeps the
+    original's filter bug.
     """
 
     kind = "program"
@@ -95,7 +97,8 @@ class ProgramSystem(System):
     def sandbox(self) -> Sandbox:
         with self._setup:
             if self._sandbox is None:
-                self._sandbox = Sandbox(self._policy, self._isolation)
+                self._sandbox = Sandbox(self._policy, self._isolation, spares=self.concurrency,
+                                        allow_unsafe=bool(self.params.get("allow_unsafe_isolation", False)))
             return self._sandbox
 
     def prepare(self, tasks) -> None:
@@ -170,6 +173,7 @@ class ProgramSystem(System):
         info = super().describe()
         info["isolation"] = self.sandbox.isolation
         info["dialect"] = self.dialect
+        info["isolation_missing"] = self.sandbox.missing
         return info
 
     def close(self) -> None:
