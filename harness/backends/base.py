@@ -14,7 +14,7 @@ import asyncio
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 from harness.backends.messages import Message, parse_messages
 
@@ -113,28 +113,6 @@ class ChatBackend(abc.ABC):
         ``temperature`` and ``seed`` where the backend has them), so a wrapper can
         tell whether a call is deterministic. Empty: nothing is known."""
         return {}
-
-    def _complete_concurrently(self, requests: list[list[Message]], sampling: Mapping[str, Any],
-                               workers: int) -> list[str | BackendError]:
-        """``complete`` for each request on up to ``workers`` threads, replies in order.
-
-        Messages are checked first, so a malformed request fails the call before
-        anything is sent rather than after some requests were paid for.
-        """
-        for messages in requests:
-            parse_messages(messages)
-
-        def one(messages: list[Message]) -> str | BackendError:
-            try:
-                return self.complete(messages, **sampling)
-            except BackendError as exc:
-                return exc
-
-        if len(requests) <= 1 or workers <= 1:
-            return [one(messages) for messages in requests]
-        with ThreadPoolExecutor(max_workers=min(workers, len(requests)),
-                                thread_name_prefix=type(self).__name__) as pool:
-            return list(pool.map(one, requests))
 
     def close(self) -> None:
         """Release connections or models."""

@@ -114,15 +114,17 @@ class GeminiChat(RemoteChatBackend):
 
     Retries as :class:`~harness.backends.openai_chat.OpenAIChat`: at most
     ``1 + max_retries`` requests per call; HTTP 408, 409, 429, any 5xx, timeouts
-    (``timeout_s``) and connection failures are retried after the wait the
-    server asks for (``retry-after`` or Google's ``RetryInfo``), else after an
-    exponential backoff with jitter. The SDK's own retries are switched off so
-    that attempts are counted here. At most ``max_concurrency`` requests are in
-    flight; ``complete_many`` uses them all. ``requests_per_minute`` (None:
-    unlimited) paces requests on the client's side. ``acomplete`` and
-    ``acomplete_many`` go through the SDK's async client (``client.aio``), under
-    the same retries. ``base_url`` points the SDK at a gateway or proxy;
-    ``client`` replaces the SDK client (tests).
+    (each request has ``timeout_s`` in all) and connection failures are retried
+    after the wait the server asks for (``retry-after`` or Google's
+    ``RetryInfo``), else after an exponential backoff with jitter. The SDK's own
+    retries are switched off so that attempts are counted here. Every request
+    goes through the SDK's async client (``client.aio``): from the caller's
+    event loop for ``acomplete``, from the backend's own loop thread for
+    ``complete``, so a request past its deadline is cancelled, not abandoned.
+    At most ``max_concurrency`` requests are in flight per loop;
+    ``complete_many`` uses them all. ``requests_per_minute`` (None: unlimited)
+    paces requests on the client's side. ``base_url`` points the SDK at a
+    gateway or proxy; ``client`` replaces the SDK client (tests).
     """
 
     def __init__(self, model: str, api_key_env: str | None = None, vertexai: bool = False,
@@ -174,12 +176,6 @@ class GeminiChat(RemoteChatBackend):
     def fingerprint(self) -> str:
         settings = {k: v for k, v in self._settings.items() if v is not None}
         return f"genai:{self.model}|{json.dumps(settings, sort_keys=True, default=str)}"
-
-    def complete(self, messages: list[Message], **sampling: Any) -> str:
-        contents, config = build_genai_request(messages, sampling, self._settings)
-        response, attempt = self._call_with_retries(
-            lambda: self._client.models.generate_content(model=self.model, contents=contents, config=config))
-        return self._reply_text(response, attempt)
 
     async def acomplete(self, messages: list[Message], **sampling: Any) -> str:
         contents, config = build_genai_request(messages, sampling, self._settings)
