@@ -1,16 +1,31 @@
 """Running a system over tasks: samples in, one scored record per sample out.
 
 A run directory holds ``run.json`` (what was asked for), one
-``samples_<task>.jsonl`` per task (records appended as samples finish) and
-``results.json`` (written at the end and by ``harness score``).
+``samples_<task>.jsonl`` per task (records appended as samples finish),
+``results.json`` (written at the end and by ``harness score``) and ``.lock``
+(held by the one process writing the run).
+
+A run starts only when everything it needs is in place (the system file, the
+preflight checks of :mod:`harness.preflight`): a start that fails leaves no
+directory behind. Infrastructure failures (an API that does not answer, an
+unreadable image, a judge without a verdict, :func:`harness.results.infrastructure_failure`)
+are recorded as such, never scored, make the run incomplete, and are redone by
+``--resume``; a run of them in a row stops the run early (the circuit breaker).
+Ctrl-C cancels every request in flight and leaves a run that ``--resume``
+continues.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
+import signal
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,12 +33,16 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from harness import __version__
+from harness.backends import BackendError
+from harness.backends.remote import interrupt_requests, reset_interrupt, watch_calls
+from harness.preflight import run_preflight
 from harness.protocol import HARNESS
 from harness.records import RecordWriter, read_records, to_jsonable, write_records_atomically
 from harness.results import (
-    RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, now_iso, samples_file, summarize_records,
-    write_json_atomically,
+    JUDGE_ERROR, RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, infrastructure_failure, now_iso,
+    samples_file, summarize_records, write_json_atomically,
 )
+from harness.runlock import LOCK_FILE, RunLock
 from harness.scoring import JudgeSpec, Scorer, make_scorer
 from harness.systems import SystemRegistry
 from harness.systems.base import System
@@ -34,12 +53,18 @@ from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
 
-# What must match for --resume to continue a run rather than mix two.
-_IDENTITY = ("system", "system_config", "tasks", "limit", "seed", "judge", "protocol")
+# What must match for --resume to continue a run rather than mix two (the judge is compared
+# without its operational settings, and task configurations and the data dir task by task).
+_IDENTITY = ("system", "system_config", "tasks", "limit", "seed", "protocol")
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 
 
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says why."""
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C: the run stopped, its records are kept and ``--resume`` continues it."""
 
 
 @dataclass
@@ -57,6 +82,9 @@ class RunOptions:
     include_paths: list[str] = field(default_factory=list)
     label: str | None = None  # names the run for the leaderboard (a variant of a system, e.g. valor-rl-n40)
     protocol: str | None = None  # paper or harness; None: the one the system file names
+    # Stop after this many infrastructure failures in a row (records or remote calls); 0: never.
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    preflight: bool = True
 
 
 def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> dict[str, Any]:
@@ -93,13 +121,41 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is not a readable run file ({exc})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("tasks"), list):
+        raise RunError(f"{path} is not a run file of this harness")
+    return run
 
 
-def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> dict[str, Any]:
-    run_dir = options.output_path
-    data_dir = data_dir_from_env(options.data_dir)
-    run = {
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _changes(previous: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """What differs between the run being resumed and the one asked for, in words."""
+    changed = [f"{key} ({json.dumps(previous.get(key), default=str)[:80]} before, "
+               f"{json.dumps(run.get(key), default=str)[:80]} now)"
+               for key in _IDENTITY if not _same(previous.get(key), run.get(key))]
+    before_judge = {k: v for k, v in (previous.get("judge") or {}).items() if k not in JudgeSpec.OPERATIONAL}
+    now_judge = {k: v for k, v in run["judge"].items() if k not in JudgeSpec.OPERATIONAL}
+    if not _same(before_judge, now_judge):
+        changed.append("judge")
+    for task, config in run["task_configs"].items():
+        before = (previous.get("task_configs") or {}).get(task)
+        if before is not None and not _same(before, config):
+            keys = sorted(k for k in set(before) | set(config) if not _same(before.get(k), config.get(k)))
+            changed.append(f"the configuration of task {task} ({', '.join(keys)})")
+    if previous.get("data_dir") != run.get("data_dir"):
+        changed.append(f"the data dir ({previous.get('data_dir') or 'none'} before, {run.get('data_dir') or 'none'} "
+                       f"now)")
+    return changed
+
+
+def _new_run(options: RunOptions, system: System, registry: TaskRegistry, data_dir: Path | None) -> dict[str, Any]:
+    return {
         "system": options.system,
         "label": options.label,
         "system_config": system.describe(),
@@ -119,25 +175,60 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
         "git_hash": git_hash(),
         "environment": environment(),
     }
-    if (run_dir / RUN_FILE).exists():
-        if not options.resume:
-            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-path")
-        previous = _load_run(run_dir)
-        changed = [k for k in _IDENTITY if json.dumps(previous.get(k), sort_keys=True, default=str)
-                   != json.dumps(run.get(k), sort_keys=True, default=str)]
-        if changed:
-            raise RunError(f"cannot resume {run_dir}: these settings differ from the original run: "
-                           f"{', '.join(changed)}")
-        previous["errors"] = {}
-        if options.label is not None:  # a label names the run without changing it, so it may change on resume
-            previous["label"] = options.label
-        previous["resumed"] = previous.get("resumed", []) + [now_iso()]
-        run = previous
-    elif options.resume:
-        log.info("nothing to resume in %s; starting a new run", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(run_dir / RUN_FILE, run)
-    return run
+
+
+def _resumed(previous: dict[str, Any], run: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    changed = _changes(previous, run)
+    if changed:
+        raise RunError(f"cannot resume {options.output_path}: changed since the run started: {'; '.join(changed)}. "
+                       f"Run it as it was, or start a new run in another --output-path")
+    previous["errors"] = {}
+    previous.pop("stopped", None)
+    previous["judge"] = run["judge"]  # its operational settings (timeout, retries, concurrency) may change
+    if options.label is not None:  # a label names the run without changing it, so it may change on resume
+        previous["label"] = options.label
+    previous["resumed"] = previous.get("resumed", []) + [now_iso()]
+    return previous
+
+
+@dataclass
+class _Resumption:
+    """What a resumed task carries over: records kept as they are, and records to score again."""
+
+    rescore: list[dict] = field(default_factory=list)
+    redo: int = 0
+    duplicates: int = 0
+
+
+def _prepare_resume(path: Path) -> _Resumption:
+    """Rewrite a task's records for a resume: model outcomes are kept, records whose only
+    failure is the judge's are scored again, other infrastructure failures are dropped so
+    their samples are run again, and any second record of a sample is dropped."""
+    outcome = _Resumption()
+    if not path.is_file() or not path.stat().st_size:
+        return outcome
+    kept: list[dict] = []
+    seen: set[str] = set()
+    try:
+        for record in read_records(path):
+            if not isinstance(record, dict) or "id" not in record:
+                raise RunError(f"{path}: a line is not a record of this harness; move the file away to rerun the task")
+            if record["id"] in seen:
+                outcome.duplicates += 1
+                continue
+            seen.add(record["id"])
+            failure = infrastructure_failure(record)
+            if failure is None:
+                kept.append(record)
+            elif failure == JUDGE_ERROR:
+                outcome.rescore.append(record)
+            else:
+                outcome.redo += 1
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    if outcome.rescore or outcome.redo or outcome.duplicates:
+        write_records_atomically(path, iter(kept))
+    return outcome
 
 
 def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
@@ -146,46 +237,154 @@ def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
         scorer.score(record, compat)
     except Exception as exc:  # a bug in scoring costs this sample its score, never the run its records
         log.exception("scoring %s/%s failed", record["task"], record["id"])
+        detail = f"scoring failed: {type(exc).__name__}: {exc}"
+        if record["status"] != Status.OK:
+            detail += f" (the prediction's status was {record['status']})"
         record.update(status=Status.SCORING_ERROR, scores={"strict": None, "compat": None}, parse=None,
-                      extracted=None, judge=None,
-                      detail=f"scoring failed: {type(exc).__name__}: {exc}" + (
-                          f" (the prediction's status was {record['status']})" if record["status"] != Status.OK else ""))
+                      extracted=None, judge=None, detail=detail)
     record["timings"]["score_s"] = time.perf_counter() - start
     return record
 
 
-def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer) -> None:
+class CircuitBreaker:
+    """Trips after ``threshold`` infrastructure failures in a row: records that failed for the
+    infrastructure's sake, and remote calls that failed for good (any endpoint: the system's
+    model, a tool's, the judge). A model outcome or an answered call resets the count."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self._records = 0
+        self._calls = 0
+        self.tripped: str | None = None
+
+    def _trip(self, count: int, what: str, last: str) -> None:
+        if self.tripped is None:
+            self.tripped = f"{count} {what} in a row; the last: {last}"
+            interrupt_requests()  # no point in waiting for the requests still in flight
+
+    def call(self, endpoint: str, error: BackendError | None) -> None:
+        with self._lock:
+            self._calls = 0 if error is None else self._calls + 1
+            if self.threshold and self._calls >= self.threshold:
+                self._trip(self._calls, "remote calls failed", str(error))
+
+    def record(self, record: dict) -> None:
+        failure = infrastructure_failure(record)
+        with self._lock:
+            self._records = 0 if failure is None else self._records + 1
+            if self.threshold and self._records >= self.threshold:
+                detail = (record.get("judge") or record.get("paper_judge") or {}).get("error") \
+                    if failure == JUDGE_ERROR else record.get("detail")
+                first_line = str(detail or "").strip().splitlines()
+                self._trip(self._records, "samples failed for the infrastructure's sake",
+                           f"{record['task']}/{record['id']}: {failure}: {first_line[0] if first_line else ''}")
+
+
+class _StopRun(Exception):
+    """The circuit breaker tripped."""
+
+
+class _Closer:
+    """Closes a system once, however many ways out of a run lead here."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.system.close()
+
+
+class _Recorder:
+    """Scores records and appends them. When a judge calls a model, records are scored on
+    ``scorer.concurrency`` threads while the system goes on; they are written here, by the
+    calling thread, as their scores arrive (never two writers)."""
+
+    def __init__(self, writer: RecordWriter, scorer: Scorer, compat: str | None, breaker: CircuitBreaker,
+                 progress: tqdm) -> None:
+        self.writer, self.scorer, self.compat = writer, scorer, compat
+        self.breaker, self.progress = breaker, progress
+        self.pool = ThreadPoolExecutor(scorer.concurrency, thread_name_prefix="scoring") if scorer.remote else None
+        self.pending: set[Future] = set()
+
+    def add(self, record: dict) -> None:
+        if self.pool is None:
+            self._write(_score(record, self.compat, self.scorer))
+            return
+        self.pending.add(self.pool.submit(_score, record, self.compat, self.scorer))
+        self._collect(block=len(self.pending) >= 2 * self.scorer.concurrency)
+
+    def _collect(self, block: bool) -> None:
+        done = {f for f in self.pending if f.done()}
+        if not done and block:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            self.pending.discard(future)
+            self._write(future.result())
+
+    def finish(self) -> None:
+        while self.pending:
+            self._collect(block=True)
+
+    def _write(self, record: dict) -> None:
+        self.writer.append(record)
+        self.progress.update()
+        self.breaker.record(record)
+        if self.breaker.tripped:
+            raise _StopRun(self.breaker.tripped)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, breaker: CircuitBreaker,
+              resumption: _Resumption, close: _Closer) -> None:
     config = task.config
     writer = RecordWriter(samples_file(options.output_path, task.name), resume=options.resume)
     pending: dict[str, Sample] = {}
-    progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=len(writer.done), desc=task.name, unit="sample", disable=None)
+    progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=len(writer.done), desc=task.name,
+                    unit="sample", disable=None)
+    recorder = _Recorder(writer, scorer, config.compat, breaker, progress)
+    for record in resumption.rescore:  # recorded, but the judge gave no verdict: only the judging is redone
+        recorder.add(record)
 
     def feed() -> Iterator[Sample]:
         for sample in task.samples(options.limit):
-            if sample.id in writer.done:
+            if sample.id in writer.done or sample.id in pending:
                 continue
             if sample.error:  # unusable rows are finished samples: record them and move on
-                failed = Prediction(sample.id, status=Status.DATA_ERROR, detail=sample.error)
-                writer.append(_score(build_record(sample, failed, options.log_samples), config.compat, scorer))
-                progress.update()
+                recorder.add(build_record(sample, Prediction(sample.id, status=Status.DATA_ERROR,
+                                                             detail=sample.error), options.log_samples))
                 continue
             pending[sample.id] = sample
             yield sample
 
+    predictions = system.predict(feed())
     try:
-        for prediction in system.predict(feed()):
+        for prediction in predictions:
+            if breaker.tripped:
+                raise _StopRun(breaker.tripped)
             sample = pending.pop(prediction.sample_id, None)
             if sample is None:
                 raise RunError(f"system {system.name} answered sample {prediction.sample_id!r} of task "
                                f"{task.name}, which it was not asked or already answered")
-            record = build_record(sample, prediction, options.log_samples)
-            writer.append(_score(record, config.compat, scorer))
-            progress.update()
-        for sample in pending.values():
+            recorder.add(build_record(sample, prediction, options.log_samples))
+        for sample in list(pending.values()):
             missing = Prediction(sample.id, status=Status.SYSTEM_ERROR, detail="the system returned no prediction")
-            writer.append(_score(build_record(sample, missing, options.log_samples), config.compat, scorer))
-            progress.update()
+            recorder.add(build_record(sample, missing, options.log_samples))
+        recorder.finish()
+    except BaseException:
+        # Stop what is running now (programs in the sandbox, requests) so that the system's
+        # generator closes at once, instead of waiting for work nobody will record.
+        close()
+        raise
     finally:
+        predictions.close()
+        recorder.close()
         progress.close()
         writer.close()
 
@@ -203,54 +402,188 @@ def summarize_run(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+class _Interruption:
+    """Ctrl-C while a run is going: the first cancels every request in flight and raises
+    KeyboardInterrupt; a second, while the run is stopping, ends the process at once."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.hit = False
+
+    def __enter__(self) -> "_Interruption":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit:
+            os.write(2, b"\ninterrupted again: stopping now (the records written so far are kept)\n")
+            os._exit(130)
+        self.hit = True
+        interrupt_requests()
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _load_tasks(options: RunOptions, registry: TaskRegistry, system: System, run: dict[str, Any]) -> list[Task]:
+    loaded = []
+    for name in options.tasks:
+        try:
+            task = registry.task(name, options.data_dir, system.protocol)
+            run["task_meta"][name] = {"size": len(task), "expected": resolve_limit(options.limit, len(task)),
+                                      "revision": task.revision, "fingerprint": task.fingerprint()}
+            loaded.append(task)
+        except Exception as exc:  # one unavailable dataset must not stop the others
+            log.error("%s", exc)
+            run["errors"][name] = str(exc)
+    return loaded
+
+
+def _claim_directory(run_dir: Path, resume: bool) -> tuple[RunLock, bool]:
+    """The run directory, created when new, and its lock; whether it was created here."""
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+    except OSError as exc:
+        raise RunError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}") from None
+    if (run_dir / RUN_FILE).exists() and not resume:
+        lock.release()
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-path")
+    return lock, created
+
+
+def _remove_unstarted(run_dir: Path, created: bool) -> None:
+    """Undo a start that failed before any record was written, so the corrected command can run."""
+    if any(run_dir.glob("samples_*.jsonl")):
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+
+
 def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
              systems: SystemRegistry | None = None) -> dict[str, Any]:
+    """Run ``options.system`` on its tasks and return the results (also written to
+    ``results.json``). Raises RunError when the run cannot start, PreflightError when
+    something it needs is missing, RunInterrupted on Ctrl-C."""
     tasks = tasks or TaskRegistry(options.include_paths)
     systems = systems or SystemRegistry(options.include_paths)
     for name in options.tasks:
         if not tasks.config(name).answers:
             raise RunError(f"task {name!r} holds training questions without answers; it cannot be scored")
     random.seed(options.seed)
+    data_dir = data_dir_from_env(options.data_dir)
     system = systems.build(options.system, options.system_args, options.seed, options.protocol)
-    system.data_dir = data_dir_from_env(options.data_dir)
-    run = _start_run(options, system, tasks)
-    scorer = make_scorer(options.judge, system.protocol, system.data_dir)
+    system.data_dir = data_dir
+    close = _Closer(system)
     try:
-        loaded = []
-        for name in options.tasks:
-            task = tasks.task(name, options.data_dir, system.protocol)
-            try:
-                run["task_meta"][name] = {"size": len(task), "revision": task.revision,
-                                          "fingerprint": task.fingerprint()}
-                loaded.append(task)
-            except Exception as exc:  # one unavailable dataset must not stop the others
-                log.error("%s", exc)
-                run["errors"][name] = str(exc)
-        write_json_atomically(options.output_path / RUN_FILE, run)
-        system.prepare(loaded)
-        for task in loaded:
-            _run_task(task, system, options, scorer)
+        if options.preflight:
+            run_preflight(system, [tasks.config(t) for t in options.tasks], options.judge, data_dir)
+        run_dir = options.output_path
+        resuming = options.resume and (run_dir / RUN_FILE).is_file()
+        if options.resume and not resuming:
+            log.info("nothing to resume in %s; starting a new run", run_dir)
+        lock, created = _claim_directory(run_dir, resuming)
+        try:
+            run = _new_run(options, system, tasks, data_dir)
+            if resuming:
+                run = _resumed(_load_run(run_dir), run, options)
+            with _Interruption():
+                try:
+                    return _execute(options, system, tasks, run, resuming, close)
+                except KeyboardInterrupt:
+                    _stop(close, options, run, "interrupted (Ctrl-C)")
+                    raise RunInterrupted(_interrupted_message(run_dir)) from None
+                except BaseException:
+                    _remove_unstarted(run_dir, created)
+                    raise
+        finally:
+            lock.release()
+            reset_interrupt()
     finally:
-        system.close()
+        close()
+
+
+def _interrupted_message(run_dir: Path) -> str:
+    recorded = sum(1 for path in run_dir.glob("samples_*.jsonl") for _ in read_records(path))
+    return (f"interrupted: {recorded} samples recorded in {run_dir}; continue with the same command and "
+            f"--resume --output-path {run_dir}")
+
+
+def _stop(close: _Closer, options: RunOptions, run: dict[str, Any], why: str) -> dict[str, Any]:
+    """Close the system and write what the run has so far (results marked incomplete)."""
+    close()
+    run["stopped"] = why
     run["finished"] = now_iso()
     write_json_atomically(options.output_path / RUN_FILE, run)
     return summarize_run(options.output_path, run)
 
 
+def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: dict[str, Any],
+             resuming: bool, close: _Closer) -> dict[str, Any]:
+    run_dir = options.output_path
+    scorer = make_scorer(options.judge, system.protocol, system.data_dir)
+    write_json_atomically(run_dir / RUN_FILE, run)
+    loaded = _load_tasks(options, registry, system, run)
+    write_json_atomically(run_dir / RUN_FILE, run)
+    resumptions = {task.name: _prepare_resume(samples_file(run_dir, task.name)) if resuming else _Resumption()
+                   for task in loaded}
+    for name, resumption in resumptions.items():
+        if resumption.redo or resumption.rescore or resumption.duplicates:
+            log.info("%s: redoing %d samples that failed for the infrastructure's sake, judging %d again%s", name,
+                     resumption.redo, len(resumption.rescore),
+                     f", dropping {resumption.duplicates} duplicate records" if resumption.duplicates else "")
+    system.prepare(loaded)
+    breaker = CircuitBreaker(options.max_consecutive_failures)
+    try:
+        with watch_calls(breaker.call):
+            for task in loaded:
+                _run_task(task, system, options, scorer, breaker, resumptions[task.name], close)
+    except _StopRun as stop:
+        return _stop(close, options, run, str(stop))
+    close()
+    run["finished"] = now_iso()
+    write_json_atomically(run_dir / RUN_FILE, run)
+    return summarize_run(run_dir, run)
+
+
+def recorded_judge(run_dir: Path) -> JudgeSpec:
+    """The judge a run was scored with (its run.json)."""
+    return JudgeSpec(**_load_run(run_dir).get("judge") or {})
+
+
 def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any]:
-    """Score a run's saved predictions again, with the current rules and an optional new judge."""
+    """Score a run's saved predictions again, with the current rules and an optional new judge
+    (judged on the judge's ``max_concurrency`` threads)."""
     run = _load_run(run_dir)
     if judge_spec is not None:
         run["judge"] = judge_spec.to_dict()
-        write_json_atomically(run_dir / RUN_FILE, run)
     scorer = make_scorer(JudgeSpec(**run["judge"]), run.get("protocol", HARNESS), run.get("data_dir"))
-    for task in run["tasks"]:
-        path = samples_file(run_dir, task)
-        if path.is_file():
-            compat = run["task_configs"][task].get("compat")
-            count = write_records_atomically(path, (scorer.score(r, compat) for r in read_records(path)))
-            log.info("re-scored %d records of %s", count, task)
-    return summarize_run(run_dir, run)
+    with RunLock(run_dir):
+        write_json_atomically(run_dir / RUN_FILE, run)
+        with ThreadPoolExecutor(scorer.concurrency if scorer.remote else 1, thread_name_prefix="scoring") as pool:
+            for task in run["tasks"]:
+                path = samples_file(run_dir, task)
+                if path.is_file():
+                    compat = run["task_configs"][task].get("compat")
+                    scored = pool.map(lambda r: scorer.score(r, compat), _unique(read_records(path)))
+                    count = write_records_atomically(path, scored)
+                    log.info("re-scored %d records of %s", count, task)
+        return summarize_run(run_dir, run)
+
+
+def _unique(records: Iterator[dict]) -> Iterator[dict]:
+    """The first record of each sample (a second one, from a file two processes wrote, is dropped)."""
+    seen: set[str] = set()
+    for record in records:
+        if record["id"] not in seen:
+            seen.add(record["id"])
+            yield record
 
 
 def find_records(run_dir: Path, sample_id: str, task: str | None = None) -> list[dict[str, Any]]:

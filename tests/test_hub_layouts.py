@@ -34,7 +34,7 @@ import dataset_fixtures as fx  # noqa: E402
 from harness.tasks import TaskRegistry  # noqa: E402
 from harness.tasks.config import parse_task_config  # noqa: E402
 from harness.tasks.layout import REVISION_FILE, part_files  # noqa: E402
-from harness.tasks.sources import DatasetUnavailableError, _allow_patterns  # noqa: E402
+from harness.tasks.sources import DatasetUnavailableError, allow_patterns  # noqa: E402
 from harness.tasks.task import Task  # noqa: E402
 from harness.types import ImageError, LazyImage  # noqa: E402
 
@@ -149,7 +149,7 @@ def test_task_loads_from_a_full_copy(name, full_dir, full_samples):
 @pytest.mark.parametrize("name", HUB_TASKS)
 def test_task_loads_from_a_partial_copy(name, hub_root, tmp_path, full_samples):
     spec = REGISTRY.config(name).dataset
-    copied = fx.copy_repository(hub_root / spec.path, tmp_path / spec.path, _allow_patterns(spec))
+    copied = fx.copy_repository(hub_root / spec.path, tmp_path / spec.path, allow_patterns(spec))
     if spec.hub_files:  # the copy really lacks files of the repository
         assert set(copied) < set(fx.repository_files(hub_root / spec.path))
     assert_same_samples(list(REGISTRY.task(name, tmp_path).samples()), full_samples[name])
@@ -171,7 +171,7 @@ def test_task_loads_from_the_hub(name, fake_hub, full_samples):
 def test_partial_blink_lacks_the_first_config_of_its_readme(hub_root, tmp_path):
     """The case that broke: the README declares Art_Style first and its files are not fetched."""
     spec = REGISTRY.config("blink_counting").dataset
-    copied = fx.copy_repository(hub_root / fx.BLINK, tmp_path / fx.BLINK, _allow_patterns(spec))
+    copied = fx.copy_repository(hub_root / fx.BLINK, tmp_path / fx.BLINK, allow_patterns(spec))
     readme = (tmp_path / fx.BLINK / "README.md").read_text()
     assert readme.index("config_name: Art_Style") < readme.index("config_name: Counting")
     assert not any(f.startswith("Art_Style/") for f in copied)
@@ -389,13 +389,13 @@ def test_a_copy_made_with_hub_local_dir_records_its_commit(hub_root, tmp_path, c
 
     spec = REGISTRY.config("countbenchqa").dataset
     root = tmp_path / spec.path
-    for relative in fx.copy_repository(hub_root / spec.path, root, _allow_patterns(spec)):
+    for relative in fx.copy_repository(hub_root / spec.path, root, allow_patterns(spec)):
         write_download_metadata(root, relative, spec.revision, etag="e")
     task = REGISTRY.task("countbenchqa", tmp_path)
     assert task.revision == spec.revision
     assert part_files(root, "test").files[0].endswith("data/test-00000-of-00001.parquet")  # .cache is ignored
 
-    for relative in fx.copy_repository(hub_root / spec.path, root, _allow_patterns(spec)):
+    for relative in fx.copy_repository(hub_root / spec.path, root, allow_patterns(spec)):
         write_download_metadata(root, relative, "f" * 40, etag="e")
     with caplog.at_level(logging.WARNING, logger="harness.tasks.sources"):
         assert REGISTRY.task("countbenchqa", tmp_path).revision == "f" * 40

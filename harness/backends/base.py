@@ -14,9 +14,11 @@ import asyncio
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
 
 from harness.backends.messages import Message, parse_messages
+from harness.requirements import HubRepo, Requirement
 
 _T = TypeVar("_T")
 
@@ -46,6 +48,12 @@ class ChatBackend(abc.ABC):
     # start thousands of threads. Created on first use.
     async_threads: int = 16
     _async_workers: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """What a backend of this kind built with ``options`` needs (packages, a GPU, key variables,
+        an endpoint, model weights), checked before a run starts; ``purpose`` says who uses it."""
+        return []
 
     @property
     @abc.abstractmethod
@@ -122,6 +130,15 @@ class ChatBackend(abc.ABC):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def model_weights(name: Any, purpose: str, option: tuple[str, ...], revision: Any = None,
+                  revision_option: tuple[str, ...] = (), **extra: Any) -> list[Requirement]:
+    """The hub repository a model option names, or nothing when it names a local folder."""
+    if not isinstance(name, str) or not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return []
+    return [HubRepo(name, "model", revision if isinstance(revision, str) else None, purpose=purpose, option=option,
+                    revision_option=revision_option, **extra)]
 
 
 class BatchChatBackend(ChatBackend):

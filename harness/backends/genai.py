@@ -18,6 +18,7 @@ from harness.backends.base import BackendError
 from harness.backends.messages import Message, parse_messages, png_bytes
 from harness.backends.remote import RemoteChatBackend
 from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
+from harness.requirements import Endpoint, EnvVar, Package, Requirement
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,29 @@ class GeminiChat(RemoteChatBackend):
             raise ValueError(f"GeminiChat needs an API key in ${' or $'.join(names)}, "
                              "or vertexai=True with a project and a location")
         return genai.Client(api_key=key, http_options=http)
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """google-genai, and the Gemini API's key, or Vertex AI's project, location and credentials."""
+        needed: list[Requirement] = [Package("google.genai", 'pip install -e ".[api]"', purpose)]
+        if options.get("vertexai"):
+            for option, variable in (("project", "GOOGLE_CLOUD_PROJECT"), ("location", "GOOGLE_CLOUD_LOCATION")):
+                if not options.get(option):
+                    needed.append(EnvVar((variable,), purpose, f"export {variable}=... (or set the backend's "
+                                                                f"{option})"))
+            adc = os.path.expanduser("~/.config/gcloud/application_default_credentials.json")
+            if not os.path.isfile(adc):
+                needed.append(EnvVar(("GOOGLE_APPLICATION_CREDENTIALS",), purpose,
+                                     "export GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account.json, or run "
+                                     "`gcloud auth application-default login`"))
+            location = options.get("location") or os.environ.get("GOOGLE_CLOUD_LOCATION") or "us-central1"
+            url = options.get("base_url") or f"https://{location}-aiplatform.googleapis.com"
+        else:
+            names = (options["api_key_env"],) if options.get("api_key_env") else DEFAULT_KEY_ENVS
+            needed.append(EnvVar(tuple(names), purpose, f"export {names[0]}=<your Gemini API key>"))
+            url = options.get("base_url") or "https://generativelanguage.googleapis.com"
+        needed.append(Endpoint(str(url), purpose))
+        return needed
 
     @property
     def fingerprint(self) -> str:

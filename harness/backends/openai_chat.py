@@ -16,8 +16,11 @@ from harness.backends.base import BackendError
 from harness.backends.messages import Message, Turn, image_data_uri, parse_messages
 from harness.backends.remote import RemoteChatBackend
 from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
+from harness.requirements import Endpoint, EnvVar, Requirement, is_local_url
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the OpenAI SDK's default
 
 
 def _error_detail(exc: Any) -> str:
@@ -176,6 +179,18 @@ class OpenAIChat(RemoteChatBackend):
                                                                **self._client.auth_headers}.items()
                                if isinstance(value, str) and not name.lower().startswith("x-stainless")}
         self._ssl_context: Any = None  # made once, on the first loop's first async call
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """A key in ``api_key_env`` (a hosted API; a server on this machine takes any key) and an
+        endpoint that accepts connections."""
+        base_url = options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        needed: list[Requirement] = []
+        if not is_local_url(base_url):
+            variable = options.get("api_key_env") or "OPENAI_API_KEY"
+            needed.append(EnvVar((variable,), purpose, f"export {variable}=<your API key>"))
+        needed.append(Endpoint(str(base_url), purpose))
+        return needed
 
     @property
     def fingerprint(self) -> str:

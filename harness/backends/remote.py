@@ -16,12 +16,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Protocol, TypeVar
 
 from harness.backends.base import BackendError, ChatBackend
 from harness.backends.messages import Message, parse_messages
@@ -34,6 +35,26 @@ _INTERRUPTED = threading.Event()
 # Every backend whose event-loop thread may hold requests in flight.
 _LIVE: "weakref.WeakSet[RemoteChatBackend]" = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
+
+
+# Called with (endpoint, None) after each call that got a reply and (endpoint, error) after each
+# that failed for good: a run's circuit breaker listens (see watch_calls).
+_WATCHERS: list[Callable[[str, BackendError | None], None]] = []
+
+
+@contextlib.contextmanager
+def watch_calls(watcher: Callable[[str, BackendError | None], None]) -> Iterator[None]:
+    """Tell ``watcher`` the outcome of every remote call while the block runs."""
+    _WATCHERS.append(watcher)
+    try:
+        yield
+    finally:
+        _WATCHERS.remove(watcher)
+
+
+def _tell_watchers(endpoint: str, error: BackendError | None) -> None:
+    for watcher in list(_WATCHERS):
+        watcher(endpoint, error)
 
 
 def interrupt_requests() -> None:
@@ -255,16 +276,25 @@ class RemoteChatBackend(ChatBackend):
                 async with slots:
                     if self._rate is not None:
                         await asyncio.sleep(self._rate.reserve())
-                    return await asyncio.wait_for(send(), self.retry.timeout_s), attempt
+                    result = await asyncio.wait_for(send(), self.retry.timeout_s)
+                _tell_watchers(self._where, None)
+                return result, attempt
             except asyncio.TimeoutError as exc:  # ours, or a transport timeout inside the deadline
                 failure: AttemptFailure | None = AttemptFailure.timeout(self.retry.timeout_s)
-                delay = self._retry_delay(failure, exc, attempt)
+                delay = self._final_or_delay(failure, exc, attempt)
             except Exception as exc:
                 failure = self._failure(exc)
                 if failure is None:
                     raise
-                delay = self._retry_delay(failure, exc, attempt)
+                delay = self._final_or_delay(failure, exc, attempt)
             await asyncio.sleep(delay)
+
+    def _final_or_delay(self, failure: AttemptFailure, exc: BaseException, attempt: int) -> float:
+        try:
+            return self._retry_delay(failure, exc, attempt)
+        except BackendError as error:
+            _tell_watchers(self._where, error)
+            raise
 
     def _retry_delay(self, failure: AttemptFailure, exc: BaseException, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt ``attempt``, or the
@@ -279,7 +309,8 @@ class RemoteChatBackend(ChatBackend):
                 f"max_retry_after_s={self.retry.max_retry_after_s:g}; gave up after {attempt_count(attempt)}",
                 status=failure.status, attempts=attempt) from exc
         if not failure.retryable or attempt == attempts or _INTERRUPTED.is_set():
-            logger.warning("%s: %s after %s", self._where, failure.text, attempt_count(attempt))
+            if not _INTERRUPTED.is_set():  # after Ctrl-C, one line says so; not one per request
+                logger.warning("%s: %s after %s", self._where, failure.text, attempt_count(attempt))
             raise BackendError(f"{self._where}: {failure.text} after {attempt_count(attempt)}{failure.hint}",
                                status=failure.status, attempts=attempt) from exc
         delay = wait if wait is not None else self.backoff_delay(attempt)

@@ -11,6 +11,7 @@ import re
 from typing import Any, Iterable, Iterator
 
 from harness.backends import BackendError
+from harness.requirements import Requirement
 from harness.scoring.extract import parse_choice, parse_number, parse_yes_no
 from harness.systems.base import System
 from harness.systems.chat import ChatSystemMixin
@@ -109,6 +110,9 @@ class DirectVLMSystem(ChatSystemMixin, System):
                 else:
                     yield Prediction(sample.id, answer=extract_answer(reply, sample.answer_type, sample.choices),
                                      raw=reply)
+
+    def requirements(self) -> list[Requirement]:
+        return self.chat_requirements()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

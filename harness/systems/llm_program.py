@@ -16,7 +16,9 @@ from harness.protocol import PAPER
 from harness.systems.chat import ChatSystemMixin
 from harness.systems.parsing import paper_reply_text, parse_reply, parse_reply_paper
 from harness.systems.program import Program, ProgramSystem
+from harness.requirements import LocalPath, Requirement, UpstreamFile
 from harness.tools.api import describe_api
+from harness.upstream import SYSTEM_PROMPT
 from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,14 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
             raise ValueError(f"system {name}: prompt_layout must be 'user' or 'system', got {self.layout!r}")
         self.question_template = params.get("question_template", "Question: {question}")
         self._prompt: str | None = None
+
+    def requirements(self) -> list[Requirement]:
+        if self.dialect == PAPER:
+            prompt: Requirement = UpstreamFile(SYSTEM_PROMPT, f"the prompt of system {self.name} (paper protocol)")
+        else:
+            path = resolve_prompt_path(self.params.get("prompt", "prompts/program_writer.md"), self.source_dir)
+            prompt = LocalPath(str(path), f"the prompt of system {self.name}", "fix params.prompt in the system file")
+        return [*self.chat_requirements(), prompt, *super().requirements()]
 
     @property
     def prompt(self) -> str:

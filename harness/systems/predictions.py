@@ -25,6 +25,7 @@ class PredictionsFileError(ValueError):
 
 class PredictionsSystem(System):
     kind = "predictions"
+    reads_images = False
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
