@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import signal
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -33,17 +30,18 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from harness import __version__
-from harness.backends import BackendError
-from harness.backends.remote import interrupt_requests, reset_interrupt, watch_calls
+from harness.backends.remote import reset_interrupt, watch_calls
 from harness.preflight import run_preflight
 from harness.protocol import HARNESS
 from harness.records import RecordWriter, read_records, to_jsonable, write_records_atomically
 from harness.results import (
-    JUDGE_ERROR, RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, infrastructure_failure, now_iso,
-    samples_file, summarize_records, write_json_atomically,
+    RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, now_iso, samples_file, summarize_records,
+    write_json_atomically,
 )
 from harness.runlock import LOCK_FILE, RunLock
+from harness.runstate import RunError, Resumption, changes_since, prepare_resume
 from harness.scoring import JudgeSpec, Scorer, make_scorer
+from harness.stopping import CircuitBreaker, Closer, Interruption, StopRun
 from harness.systems import SystemRegistry
 from harness.systems.base import System
 from harness.tasks import Task, TaskRegistry
@@ -53,14 +51,7 @@ from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
 
-# What must match for --resume to continue a run rather than mix two (the judge is compared
-# without its operational settings, and task configurations and the data dir task by task).
-_IDENTITY = ("system", "system_config", "tasks", "limit", "seed", "protocol")
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue; the message says why."""
 
 
 class RunInterrupted(RuntimeError):
@@ -130,30 +121,6 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def _changes(previous: dict[str, Any], run: dict[str, Any]) -> list[str]:
-    """What differs between the run being resumed and the one asked for, in words."""
-    changed = [f"{key} ({json.dumps(previous.get(key), default=str)[:80]} before, "
-               f"{json.dumps(run.get(key), default=str)[:80]} now)"
-               for key in _IDENTITY if not _same(previous.get(key), run.get(key))]
-    before_judge = {k: v for k, v in (previous.get("judge") or {}).items() if k not in JudgeSpec.OPERATIONAL}
-    now_judge = {k: v for k, v in run["judge"].items() if k not in JudgeSpec.OPERATIONAL}
-    if not _same(before_judge, now_judge):
-        changed.append("judge")
-    for task, config in run["task_configs"].items():
-        before = (previous.get("task_configs") or {}).get(task)
-        if before is not None and not _same(before, config):
-            keys = sorted(k for k in set(before) | set(config) if not _same(before.get(k), config.get(k)))
-            changed.append(f"the configuration of task {task} ({', '.join(keys)})")
-    if previous.get("data_dir") != run.get("data_dir"):
-        changed.append(f"the data dir ({previous.get('data_dir') or 'none'} before, {run.get('data_dir') or 'none'} "
-                       f"now)")
-    return changed
-
-
 def _new_run(options: RunOptions, system: System, registry: TaskRegistry, data_dir: Path | None) -> dict[str, Any]:
     return {
         "system": options.system,
@@ -178,7 +145,7 @@ def _new_run(options: RunOptions, system: System, registry: TaskRegistry, data_d
 
 
 def _resumed(previous: dict[str, Any], run: dict[str, Any], options: RunOptions) -> dict[str, Any]:
-    changed = _changes(previous, run)
+    changed = changes_since(previous, run)
     if changed:
         raise RunError(f"cannot resume {options.output_path}: changed since the run started: {'; '.join(changed)}. "
                        f"Run it as it was, or start a new run in another --output-path")
@@ -189,46 +156,6 @@ def _resumed(previous: dict[str, Any], run: dict[str, Any], options: RunOptions)
         previous["label"] = options.label
     previous["resumed"] = previous.get("resumed", []) + [now_iso()]
     return previous
-
-
-@dataclass
-class _Resumption:
-    """What a resumed task carries over: records kept as they are, and records to score again."""
-
-    rescore: list[dict] = field(default_factory=list)
-    redo: int = 0
-    duplicates: int = 0
-
-
-def _prepare_resume(path: Path) -> _Resumption:
-    """Rewrite a task's records for a resume: model outcomes are kept, records whose only
-    failure is the judge's are scored again, other infrastructure failures are dropped so
-    their samples are run again, and any second record of a sample is dropped."""
-    outcome = _Resumption()
-    if not path.is_file() or not path.stat().st_size:
-        return outcome
-    kept: list[dict] = []
-    seen: set[str] = set()
-    try:
-        for record in read_records(path):
-            if not isinstance(record, dict) or "id" not in record:
-                raise RunError(f"{path}: a line is not a record of this harness; move the file away to rerun the task")
-            if record["id"] in seen:
-                outcome.duplicates += 1
-                continue
-            seen.add(record["id"])
-            failure = infrastructure_failure(record)
-            if failure is None:
-                kept.append(record)
-            elif failure == JUDGE_ERROR:
-                outcome.rescore.append(record)
-            else:
-                outcome.redo += 1
-    except ValueError as exc:
-        raise RunError(str(exc)) from None
-    if outcome.rescore or outcome.redo or outcome.duplicates:
-        write_records_atomically(path, iter(kept))
-    return outcome
 
 
 def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
@@ -244,58 +171,6 @@ def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
                       extracted=None, judge=None, detail=detail)
     record["timings"]["score_s"] = time.perf_counter() - start
     return record
-
-
-class CircuitBreaker:
-    """Trips after ``threshold`` infrastructure failures in a row: records that failed for the
-    infrastructure's sake, and remote calls that failed for good (any endpoint: the system's
-    model, a tool's, the judge). A model outcome or an answered call resets the count."""
-
-    def __init__(self, threshold: int) -> None:
-        self.threshold = threshold
-        self._lock = threading.Lock()
-        self._records = 0
-        self._calls = 0
-        self.tripped: str | None = None
-
-    def _trip(self, count: int, what: str, last: str) -> None:
-        if self.tripped is None:
-            self.tripped = f"{count} {what} in a row; the last: {last}"
-            interrupt_requests()  # no point in waiting for the requests still in flight
-
-    def call(self, endpoint: str, error: BackendError | None) -> None:
-        with self._lock:
-            self._calls = 0 if error is None else self._calls + 1
-            if self.threshold and self._calls >= self.threshold:
-                self._trip(self._calls, "remote calls failed", str(error))
-
-    def record(self, record: dict) -> None:
-        failure = infrastructure_failure(record)
-        with self._lock:
-            self._records = 0 if failure is None else self._records + 1
-            if self.threshold and self._records >= self.threshold:
-                detail = (record.get("judge") or record.get("paper_judge") or {}).get("error") \
-                    if failure == JUDGE_ERROR else record.get("detail")
-                first_line = str(detail or "").strip().splitlines()
-                self._trip(self._records, "samples failed for the infrastructure's sake",
-                           f"{record['task']}/{record['id']}: {failure}: {first_line[0] if first_line else ''}")
-
-
-class _StopRun(Exception):
-    """The circuit breaker tripped."""
-
-
-class _Closer:
-    """Closes a system once, however many ways out of a run lead here."""
-
-    def __init__(self, system: System) -> None:
-        self.system = system
-        self.done = False
-
-    def __call__(self) -> None:
-        if not self.done:
-            self.done = True
-            self.system.close()
 
 
 class _Recorder:
@@ -334,7 +209,7 @@ class _Recorder:
         self.progress.update()
         self.breaker.record(record)
         if self.breaker.tripped:
-            raise _StopRun(self.breaker.tripped)
+            raise StopRun(self.breaker.tripped)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -342,7 +217,7 @@ class _Recorder:
 
 
 def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, breaker: CircuitBreaker,
-              resumption: _Resumption, close: _Closer) -> None:
+              resumption: Resumption, close: Closer) -> None:
     config = task.config
     writer = RecordWriter(samples_file(options.output_path, task.name), resume=options.resume)
     pending: dict[str, Sample] = {}
@@ -367,7 +242,7 @@ def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, b
     try:
         for prediction in predictions:
             if breaker.tripped:
-                raise _StopRun(breaker.tripped)
+                raise StopRun(breaker.tripped)
             sample = pending.pop(prediction.sample_id, None)
             if sample is None:
                 raise RunError(f"system {system.name} answered sample {prediction.sample_id!r} of task "
@@ -400,32 +275,6 @@ def summarize_run(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     results = build_results(run, summaries)
     write_json_atomically(run_dir / RESULTS_FILE, results)
     return results
-
-
-class _Interruption:
-    """Ctrl-C while a run is going: the first cancels every request in flight and raises
-    KeyboardInterrupt; a second, while the run is stopping, ends the process at once."""
-
-    def __init__(self) -> None:
-        self.previous: Any = None
-        self.hit = False
-
-    def __enter__(self) -> "_Interruption":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.hit:
-            os.write(2, b"\ninterrupted again: stopping now (the records written so far are kept)\n")
-            os._exit(130)
-        self.hit = True
-        interrupt_requests()
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def _load_tasks(options: RunOptions, registry: TaskRegistry, system: System, run: dict[str, Any]) -> list[Task]:
@@ -480,7 +329,7 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
     data_dir = data_dir_from_env(options.data_dir)
     system = systems.build(options.system, options.system_args, options.seed, options.protocol)
     system.data_dir = data_dir
-    close = _Closer(system)
+    close = Closer(system)
     try:
         if options.preflight:
             run_preflight(system, [tasks.config(t) for t in options.tasks], options.judge, data_dir)
@@ -493,7 +342,7 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
             run = _new_run(options, system, tasks, data_dir)
             if resuming:
                 run = _resumed(_load_run(run_dir), run, options)
-            with _Interruption():
+            with Interruption():
                 try:
                     return _execute(options, system, tasks, run, resuming, close)
                 except KeyboardInterrupt:
@@ -515,7 +364,7 @@ def _interrupted_message(run_dir: Path) -> str:
             f"--resume --output-path {run_dir}")
 
 
-def _stop(close: _Closer, options: RunOptions, run: dict[str, Any], why: str) -> dict[str, Any]:
+def _stop(close: Closer, options: RunOptions, run: dict[str, Any], why: str) -> dict[str, Any]:
     """Close the system and write what the run has so far (results marked incomplete)."""
     close()
     run["stopped"] = why
@@ -525,13 +374,13 @@ def _stop(close: _Closer, options: RunOptions, run: dict[str, Any], why: str) ->
 
 
 def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: dict[str, Any],
-             resuming: bool, close: _Closer) -> dict[str, Any]:
+             resuming: bool, close: Closer) -> dict[str, Any]:
     run_dir = options.output_path
     scorer = make_scorer(options.judge, system.protocol, system.data_dir)
     write_json_atomically(run_dir / RUN_FILE, run)
     loaded = _load_tasks(options, registry, system, run)
     write_json_atomically(run_dir / RUN_FILE, run)
-    resumptions = {task.name: _prepare_resume(samples_file(run_dir, task.name)) if resuming else _Resumption()
+    resumptions = {task.name: prepare_resume(samples_file(run_dir, task.name)) if resuming else Resumption()
                    for task in loaded}
     for name, resumption in resumptions.items():
         if resumption.redo or resumption.rescore or resumption.duplicates:
@@ -544,7 +393,7 @@ def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: d
         with watch_calls(breaker.call):
             for task in loaded:
                 _run_task(task, system, options, scorer, breaker, resumptions[task.name], close)
-    except _StopRun as stop:
+    except StopRun as stop:
         return _stop(close, options, run, str(stop))
     close()
     run["finished"] = now_iso()
