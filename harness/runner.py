@@ -338,14 +338,19 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
         if options.resume and not resuming:
             log.info("nothing to resume in %s; starting a new run", run_dir)
         lock, created = _claim_directory(run_dir, resuming)
+        run: dict[str, Any] | None = None
         try:
-            run = _new_run(options, system, tasks, data_dir)
-            if resuming:
-                run = _resumed(_load_run(run_dir), run, options)
             with Interruption():
                 try:
+                    run = _new_run(options, system, tasks, data_dir)
+                    if resuming:
+                        run = _resumed(_load_run(run_dir), run, options)
                     return _execute(options, system, tasks, run, resuming, close)
                 except KeyboardInterrupt:
+                    if run is None or not any(run_dir.glob("samples_*.jsonl")):
+                        close()
+                        _remove_unstarted(run_dir, created)
+                        raise RunInterrupted("interrupted before the first sample; nothing was recorded") from None
                     _stop(close, options, run, "interrupted (Ctrl-C)")
                     raise RunInterrupted(_interrupted_message(run_dir)) from None
                 except BaseException:

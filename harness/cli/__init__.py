@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Sequence
 
+from harness.cache import CacheError
 from harness.cli import data, evaluation, grounding, reports, training
 from harness.overrides import OverrideError
 from harness.preflight import PreflightError
@@ -35,7 +36,7 @@ DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools,
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
-               PreflightError, RunLockedError, UpstreamAssetError)
+               PreflightError, RunLockedError, UpstreamAssetError, CacheError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,9 @@ class System:
     data_dir: Path | None = None  # the run's --data-dir (offline copies of datasets and upstream files)
     protocols: tuple[str, ...] = PROTOCOLS  # the protocols this kind can follow
     reads_images = True  # False: answers come from elsewhere (a predictions file), so images need not be present
+    # The system file's params this kind reads, each with its check (harness.systems.params); subclasses
+    # add theirs. None: not declared, so not checked (kinds defined outside the harness).
+    parameters: dict[str, Any] | None = None
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         self.name = name

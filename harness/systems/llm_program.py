@@ -15,6 +15,7 @@ from harness.backends import BackendError
 from harness.protocol import PAPER
 from harness.systems.chat import ChatSystemMixin
 from harness.systems.parsing import paper_reply_text, parse_reply, parse_reply_paper
+from harness.systems.params import chat_options, sampling, typed
 from harness.systems.program import Program, ProgramSystem
 from harness.requirements import LocalPath, Requirement, UpstreamFile
 from harness.tools.api import describe_api
@@ -58,6 +59,8 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
 
     kind = "llm_program"
     original_dialect = True
+    parameters = {"llm": chat_options(), "sampling": sampling(), "cache": typed(bool | str), "prompt": typed(str),
+                  "prompt_layout": typed(str, ("user", "system")), "question_template": typed(str)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from harness.protocol import PROTOCOLS
 from harness.systems.base import System
+from harness.systems.params import typed
 from harness.types import Prediction, Sample, Status
 
 _OPTIONAL = ("raw", "detail", "plan", "program", "answer_pytype")
@@ -26,6 +28,7 @@ class PredictionsFileError(ValueError):
 class PredictionsSystem(System):
     kind = "predictions"
     reads_images = False
+    parameters = {"path": typed(str | None), "protocol": typed(str, PROTOCOLS)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
@@ -45,6 +48,9 @@ class PredictionsSystem(System):
                 if line.strip():
                     try:
                         row = json.loads(line)
+                    except UnicodeDecodeError as exc:
+                        raise PredictionsFileError(f"{self.path}: line {number} is not UTF-8 text ({exc.reason} "
+                                                   f"at byte {exc.start}); save the file as UTF-8") from None
                     except json.JSONDecodeError as exc:
                         raise PredictionsFileError(f"{self.path}: line {number} is not valid JSON ({exc})") from exc
                     if not isinstance(row, dict) or "id" not in row:

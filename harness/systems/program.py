@@ -13,10 +13,12 @@ from typing import Any, Iterable, Iterator
 # Imported for its registration: the synthetic benchmark registers its oracle
 # tool backend with TOOL_BACKENDS, and a system's ``tools`` may name it.
 import harness.synthetic  # noqa: F401
-from harness.protocol import HARNESS, LABEL_FILTERS, PAPER
+from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
 from harness.requirements import Isolation, Requirement, UpstreamFile, localized
 from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
+from harness.sandbox.isolation import MODES
 from harness.systems.base import System
+from harness.systems.params import dataclass_fields, mapping, tool_backend_name, tool_options, typed
 from harness.tools import TOOL_BACKENDS, ToolBackend, ToolContext, make_backend
 from harness.tools.paper_api import paper_program_inputs
 from harness.types import Prediction, Sample, Status
@@ -71,6 +73,12 @@ class ProgramSystem(System):
     """
 
     kind = "program"
+    parameters = {
+        "protocol": typed(str, PROTOCOLS), "tools": tool_backend_name(), "tool_options": tool_options(),
+        "device": typed(str), "concurrency": typed(int), "generation_batch": typed(int),
+        "isolation": typed(str, MODES), "limits": mapping(dataclass_fields(SandboxPolicy)),
+        "label_filter": typed(str, LABEL_FILTERS),
+    }
     # Whether this kind's programs are written for the original VALOR tool API when the run
     # follows the paper protocol (the LLM program writers); VisProg, ViperGPT and the
     # reference programs keep their own API under either protocol.
