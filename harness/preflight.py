@@ -48,7 +48,7 @@ def task_requirements(config: TaskConfig, data_dir: Path | None, images: bool = 
         fix = (f"`python -m harness download --tasks {config.task} --data-dir DIR` fetches them" if fetchable
                else f"put them in {where} (see the notes of {config.source_file})")
         needed.append(ImageFolder(where, f"{purpose}: images outside its dataset repository", fix,
-                                  optional=fetchable))
+                                  optional=fetchable, task=config.task))
     return needed
 
 
@@ -61,6 +61,14 @@ def run_requirements(system: System, tasks: Sequence[TaskConfig], judge: JudgeSp
               *(r for config in tasks for r in task_requirements(config, data_dir, system.reads_images)),
               *(judge if judged else dataclasses.replace(judge, model=None)).requirements(paper_judge)]
     return unique(needed)
+
+
+def download_args(system: System | None, tasks: Sequence[TaskConfig]) -> str:
+    """The arguments of the `download` command that fetches what a run of these needs."""
+    args = f" --system {system.name}" if system is not None else ""
+    if system is not None and system.protocol == PAPER:
+        args += " --protocol paper"
+    return args + (f" --tasks {','.join(config.task for config in tasks)}" if tasks else "")
 
 
 def check_all(requirements: Sequence[Requirement], context: CheckContext) -> list[Check]:
@@ -82,7 +90,8 @@ def failure_message(checks: Sequence[Check], what: str) -> str:
 
 def run_preflight(system: System, tasks: Sequence[TaskConfig], judge: JudgeSpec, data_dir: Path | None) -> list[Check]:
     """Check a run's requirements; PreflightError listing all that are missing, else the checks."""
-    checks = check_all(run_requirements(system, tasks, judge, data_dir), CheckContext(data_dir=data_dir))
+    context = CheckContext(data_dir=data_dir, download_args=download_args(system, tasks))
+    checks = check_all(run_requirements(system, tasks, judge, data_dir), context)
     if any(check.status == MISSING for check in checks):
         raise PreflightError(failure_message(checks, f"the run of {system.name}"))
     for check in checks:

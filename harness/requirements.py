@@ -54,6 +54,10 @@ class CheckContext:
     data_dir: Path | None = None
     timeout_s: float = 5.0
     offline: bool = field(default_factory=offline)
+    download_args: str = ""  # the `download` arguments of the run being checked (" --system S --tasks T")
+
+    def download_fix(self, own_args: str = "") -> str:
+        return DOWNLOAD_FIX.format(args=self.download_args or own_args)
 
     def local_copy(self, repo_id: str) -> Path | None:
         if self.data_dir is None:
@@ -263,10 +267,12 @@ class HubRepo(Requirement):
         return f"{self.repo_type} {self.repo_id}{at}"
 
     def check(self, context: CheckContext) -> Check:
-        fix = DOWNLOAD_FIX.format(args=self.download_args)
+        fix = context.download_fix(self.download_args)
         local = context.local_copy(self.repo_id)
         if local is not None:
-            lacking = _missing_patterns(local, [p for p in self.allow_patterns or () if p != "README.md"])
+            # A dataset copy needs every part its task reads; a model's patterns only limit the download.
+            wanted = [p for p in self.allow_patterns or () if p != "README.md"] if self.repo_type == "dataset" else []
+            lacking = _missing_patterns(local, wanted)
             if lacking:
                 return Check(MISSING, self.what, self.purpose, f"the copy at {local} has no file matching "
                              f"{', '.join(lacking)}", fix)
@@ -305,11 +311,15 @@ class UpstreamFile(Requirement):
         kind, path = store.status(self.path)
         if path is not None:
             return Check(OK, what, self.purpose, f"{kind} copy at {path}, sha256 verified")
+        if context.offline:
+            where = store.offline_path(self.path) or "no --data-dir"
+            return Check(MISSING, what, self.purpose, f"not at {where} nor in the cache, and downloads are off",
+                         context.download_fix(" --protocol paper"))
         try:
             path = store.path(self.path)  # small text files: fetching one now is the surest check
         except UpstreamAssetError as exc:
             return Check(MISSING, what, self.purpose, str(exc).split(";")[0],
-                         DOWNLOAD_FIX.format(args=" --protocol paper"))
+                         context.download_fix(" --protocol paper"))
         return Check(OK, what, self.purpose, f"downloaded to {path}, sha256 verified")
 
 
@@ -340,7 +350,8 @@ class ImageFolder(Requirement):
     folder: str
     purpose: str = ""
     fix: str = ""
-    optional: bool = False  # True: missing images are downloaded on first use (a warning)
+    optional: bool = False  # True: each row names where to fetch its image (downloaded on first use: a warning)
+    task: str = ""
 
     @property
     def key(self) -> str:

@@ -132,13 +132,18 @@ class ChatBackend(abc.ABC):
         self.close()
 
 
+# The files of a model repository a run reads (weights, configs, tokenizers, chat templates): not
+# its other formats (.bin, .onnx, .gguf) or pictures.
+MODEL_FILES = ("*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken", "*.jinja", "*.pth", "*.pt")
+
+
 def model_weights(name: Any, purpose: str, option: tuple[str, ...], revision: Any = None,
                   revision_option: tuple[str, ...] = (), **extra: Any) -> list[Requirement]:
     """The hub repository a model option names, or nothing when it names a local folder."""
     if not isinstance(name, str) or not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return []
-    return [HubRepo(name, "model", revision if isinstance(revision, str) else None, purpose=purpose, option=option,
-                    revision_option=revision_option, **extra)]
+    return [HubRepo(name, "model", revision if isinstance(revision, str) else None, MODEL_FILES, purpose=purpose,
+                    option=option, revision_option=revision_option, **extra)]
 
 
 class BatchChatBackend(ChatBackend):

@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from harness.cache import CacheError
-from harness.cli import data, evaluation, grounding, reports, training
+from harness.cli import evaluation, grounding, reports, setup, training
 from harness.overrides import OverrideError
 from harness.preflight import PreflightError
 from harness.registry import UnknownNameError
@@ -29,7 +29,7 @@ from harness.tasks.sources import DatasetUnavailableError
 from harness.types import ImageError
 from harness.upstream import UpstreamAssetError
 
-GROUPS = (evaluation, data, training, grounding, reports)
+GROUPS = (evaluation, setup, training, grounding, reports)
 DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools, train them without labels, "
                "and compare the results with the paper's.")
 
