@@ -60,7 +60,7 @@ class RecordWriter:
     def __init__(self, path: str | Path, resume: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()  # ids recorded by the run being resumed
+        self.done: set[str] = set()  # ids recorded: by the run being resumed, then by this writer
         if self.path.exists() and self.path.stat().st_size:
             if not resume:
                 raise FileExistsError(f"{self.path} already holds records; pass --resume to continue that run")
@@ -74,6 +74,7 @@ class RecordWriter:
             raise ValueError(f"{self.path}: sample {record['id']!r} is already recorded")
         self._file.write(dumps(record) + "\n")  # one write per line, so lines never interleave
         self._file.flush()
+        self.done.add(record["id"])
 
     def close(self) -> None:
         if not self._file.closed:

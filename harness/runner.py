@@ -224,12 +224,14 @@ def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, b
     progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=len(writer.done), desc=task.name,
                     unit="sample", disable=None)
     recorder = _Recorder(writer, scorer, config.compat, breaker, progress)
-    for record in resumption.rescore:  # recorded, but the judge gave no verdict: only the judging is redone
+    # Recorded, but the judge gave no verdict: only the judging is redone (on the scoring threads).
+    rejudged = {record["id"] for record in resumption.rescore}
+    for record in resumption.rescore:
         recorder.add(record)
 
     def feed() -> Iterator[Sample]:
         for sample in task.samples(options.limit):
-            if sample.id in writer.done or sample.id in pending:
+            if sample.id in writer.done or sample.id in rejudged or sample.id in pending:
                 continue
             if sample.error:  # unusable rows are finished samples: record them and move on
                 recorder.add(build_record(sample, Prediction(sample.id, status=Status.DATA_ERROR,

@@ -223,7 +223,10 @@ class RemoteChatBackend(ChatBackend):
             parse_messages(messages)
         if not requests:
             return []
-        return self._wait(self.acomplete_many(requests, **sampling))
+        try:
+            return self._wait(self.acomplete_many(requests, **sampling))
+        except BackendError as exc:  # the whole batch was cancelled (interrupted): each request failed
+            return [exc] * len(requests)
 
     def _wait(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coroutine`` on the backend's loop thread and wait for its result. An
