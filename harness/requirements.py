@@ -403,6 +403,12 @@ def unique(requirements: Iterable[Requirement]) -> list[Requirement]:
     return list(seen.values())
 
 
+def _get(options: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for part in path:
+        options = options.get(part) if isinstance(options, dict) else None
+    return options
+
+
 def _set(options: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     target = options
     for part in path[:-1]:
@@ -423,6 +429,6 @@ def localized(options: dict[str, Any], requirements: Iterable[Requirement], data
             local = context.local_copy(requirement.repo_id)
             if local is not None:
                 _set(options, requirement.option, str(local))
-                if requirement.revision_option:
+                if requirement.revision_option and _get(options, requirement.revision_option) is not None:
                     _set(options, requirement.revision_option, None)
     return options
