@@ -72,8 +72,11 @@ class RecordWriter:
     def append(self, record: dict) -> None:
         if record["id"] in self.done:
             raise ValueError(f"{self.path}: sample {record['id']!r} is already recorded")
-        self._file.write(dumps(record) + "\n")  # one write per line, so lines never interleave
-        self._file.flush()
+        try:
+            self._file.write(dumps(record) + "\n")  # one write per line, so lines never interleave
+            self._file.flush()
+        except OSError as exc:  # a full disk: name the file (a resume redoes a line cut short)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self.done.add(record["id"])
 
     def close(self) -> None:
