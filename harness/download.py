@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from harness.requirements import HubRepo, ImageFolder, Requirement, UpstreamFile
 from harness.types import UrlImage
-from harness.upstream import AssetStore, UpstreamAssetError, UpstreamPin
+from harness.upstream import OFFLINE_VARIABLES, AssetStore, UpstreamAssetError, UpstreamPin, offline
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,19 @@ def fetch_repository(repo: HubRepo, target: Path, paths: Sequence[str]) -> None:
                       allow_patterns=list(paths), local_dir=str(target))
 
 
-@dataclass
 class Hub:
-    """How the hub is reached: what a repository holds, and how its files are fetched."""
+    """How the hub is reached: what a repository holds, and how its files are fetched (tests
+    replace it with a folder of repositories)."""
 
-    files: Callable[[HubRepo], list[RemoteFile]] = hub_files
-    fetch: Callable[[HubRepo, Path, Sequence[str]], None] = fetch_repository
+    def files(self, repo: HubRepo) -> list[RemoteFile]:
+        return hub_files(repo)
+
+    def fetch(self, repo: HubRepo, target: Path, paths: Sequence[str]) -> None:
+        fetch_repository(repo, target, paths)
+
+
+class DownloadError(RuntimeError):
+    """A download that cannot start; the message says why."""
 
 
 # --------------------------------------------------------------------------- hashes
@@ -326,6 +333,10 @@ def download(requirements: Sequence[Requirement], data_dir: Path, task_images: C
              jobs: int = 8) -> Outcome:
     """Fetch what ``requirements`` name into ``data_dir``. ``task_images(task)`` gives the image
     references of a task's samples (read from the copy just made), for images fetched per row."""
+    if offline():
+        variables = " and ".join(f"${name}" for name in OFFLINE_VARIABLES)
+        raise DownloadError(f"downloads are off ({variables}); run `download` where there is internet, "
+                            f"without them set")
     hub = hub or Hub()
     outcome = Outcome()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -258,8 +258,8 @@ class HubRepo(Requirement):
     download_args: str = ""  # the `download` arguments that fetch it, for the fix
 
     @property
-    def key(self) -> str:
-        return f"hub:{self.repo_type}:{self.repo_id}@{self.revision}"
+    def key(self) -> str:  # two tasks reading different parts of one repository are two requirements
+        return f"hub:{self.repo_type}:{self.repo_id}@{self.revision}:{self.allow_patterns}"
 
     @property
     def what(self) -> str:

@@ -104,10 +104,27 @@ def fake_snapshot_download(hub: Path, cache: Path, calls: list):
     return download
 
 
+def fake_listing(hub: Path):
+    """``harness.download.hub_files`` over local repositories: each file with its git blob hash."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from harness.download import RemoteFile, git_blob_sha1
+
+    def listing(repo):
+        folder = hub / repo.repo_id
+        paths = filter_repo_objects(fx.repository_files(folder), allow_patterns=list(repo.allow_patterns or ()) or None)
+        return [RemoteFile(p, (folder / p).stat().st_size, blob_id=git_blob_sha1(folder / p)) for p in paths]
+    return listing
+
+
 @pytest.fixture()
 def fake_hub(hub_root, tmp_path, monkeypatch):
+    import harness.download
+
     calls: list[dict] = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download(hub_root, tmp_path, calls))
+    monkeypatch.setattr(harness.download, "hub_files", fake_listing(hub_root))
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # `download` refuses to start offline; this hub is a folder
     return calls
 
 
@@ -433,23 +450,31 @@ def test_task_yaml_revisions_say_where_they_come_from():
 
 # --------------------------------------------------------------------------- offline copies
 
-def test_download_data_makes_partial_copies_that_record_their_commit(fake_hub, tmp_path, capsys):
+def test_download_data_makes_partial_copies_that_record_their_commit(fake_hub, hub_root, tmp_path, capsys):
     from harness.cli import main
 
     data_dir = tmp_path / "data"
+    # `download-data` is the old name of `download`; the GQA images are a manual step, hence exit 1.
     assert main(["download-data", "--tasks", "blink_counting,blink,gqa,countbenchqa", "--data-dir", str(data_dir),
-                 "--check"]) == 0
+                 "--check"]) == 1
     out = capsys.readouterr().out
     blink = REGISTRY.config("blink").dataset
     assert [c["repo_id"] for c in fake_hub] == [fx.BLINK, fx.GRIT, fx.COUNTBENCH]  # BLINK once, for both tasks
-    assert fake_hub[0]["allow_patterns"] == ["Counting/*", "README.md", "Spatial_Relation/*"]
+    wanted = ["Counting/*", "README.md", "Spatial_Relation/*"]
+    from huggingface_hub.utils import filter_repo_objects
+
+    assert sorted(fake_hub[0]["allow_patterns"]) == sorted(
+        filter_repo_objects(fx.repository_files(hub_root / fx.BLINK), allow_patterns=wanted))
     assert fake_hub[0]["revision"] == blink.revision and fake_hub[0]["local_dir"] == str(data_dir / fx.BLINK)
     files = fx.repository_files(data_dir / fx.BLINK)
     assert "Counting/val-00000-of-00001.parquet" in files and not any(f.startswith("Art_Style/") for f in files)
     assert f"blink: 6 samples, revision {blink.revision}" in out
     assert f"countbenchqa: 3 samples, revision {REGISTRY.config('countbenchqa').dataset.revision}" in out
     assert f"gqa: 3 samples, revision {FAKE_HEAD}" in out  # unpinned: the commit the hub served
-    assert f"note: task gqa reads its images from {data_dir / fx.GRIT / 'gqa'}" in out
+    assert f"needs a manual step: images of task gqa: not fetchable here; put them in {data_dir / fx.GRIT / 'gqa'}" in out
+    # Again: everything is there and checked, nothing is fetched a second time.
+    assert main(["download", "--tasks", "blink_counting,blink,countbenchqa", "--data-dir", str(data_dir)]) == 0
+    assert len(fake_hub) == 3
 
 
 def test_tasks_pinning_different_revisions_of_one_repository_are_refused():
@@ -464,14 +489,18 @@ def test_tasks_pinning_different_revisions_of_one_repository_are_refused():
     assert copy.allow_patterns is None and copy.tasks == ["blink", "y"]  # one task reads it whole
 
 
-def test_runs_record_the_revision_they_read(fake_hub, tmp_path):
+def test_runs_record_the_revision_they_read(fake_hub, hub_root, tmp_path):
     """The commit read from the hub, and the one a local copy records, reach run.json and results.json."""
     from harness.cli import main
 
     preds = tmp_path / "preds.jsonl"
     preds.write_text(json.dumps({"id": "0", "prediction": "3"}) + "\n")
     data_dir = tmp_path / "data"
-    assert main(["download-data", "--tasks", "vsr", "--data-dir", str(data_dir)]) == 0
+    images = data_dir / REGISTRY.config("vsr").dataset.path / "images"  # placed by hand: nothing to fetch
+    images.mkdir(parents=True)
+    for line in (hub_root / REGISTRY.config("vsr").dataset.path / "dev.jsonl").read_text().splitlines():
+        (images / json.loads(line)["image"]).write_bytes(b"")
+    assert main(["download", "--tasks", "vsr", "--data-dir", str(data_dir)]) == 0
     for task, args in (("countbenchqa", []), ("vsr", ["--data-dir", str(data_dir)])):
         out = tmp_path / f"run-{task}"
         assert main(["run", "--system", "predictions", "--predictions", str(preds), "--tasks", task,

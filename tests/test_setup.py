@@ -177,16 +177,22 @@ def test_models_named_by_hub_id_are_read_from_the_data_dir(tmp_path):
 # --------------------------------------------------------------------------- download
 
 
+@pytest.fixture
+def online(monkeypatch):
+    """Downloads allowed (the session forbids them): the hub here is a folder, the servers local."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
 class FolderHub(Hub):
     """The hub as a local folder of repositories: the listing carries each file's hash."""
 
     def __init__(self, root: Path, corrupt: set[str] = frozenset()) -> None:
-        super().__init__(self._files, self._fetch)
         self.root = root
         self.fetched: list[str] = []
         self.corrupt = set(corrupt)  # files served with other bytes than the listing's hash
 
-    def _files(self, repo: HubRepo) -> list[RemoteFile]:
+    def files(self, repo: HubRepo) -> list[RemoteFile]:
         from huggingface_hub.utils import filter_repo_objects
 
         folder = self.root / repo.repo_id
@@ -199,7 +205,7 @@ class FolderHub(Hub):
                                     None if big else git_blob_sha1(folder / path)))
         return files
 
-    def _fetch(self, repo: HubRepo, target: Path, paths) -> None:
+    def fetch(self, repo: HubRepo, target: Path, paths) -> None:
         for path in paths:
             self.fetched.append(path)
             (target / path).parent.mkdir(parents=True, exist_ok=True)
@@ -229,9 +235,8 @@ def file_server(files: dict[str, bytes]):
 
 
 @pytest.fixture
-def vsr_hub(tmp_path, monkeypatch):
+def vsr_hub(tmp_path, online):
     """A VSR repository on the fake hub whose image links point at a local server."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     written = fx.build_vsr(tmp_path / "source")  # with its images, which the server serves
     images = {f"img/{p.name}": p.read_bytes() for p in (written.root / "images").iterdir()}
     hub_root = tmp_path / "hub"
@@ -293,11 +298,9 @@ def test_files_that_never_match_and_images_that_fail_are_reported(vsr_hub, tmp_p
     assert any("1 downloaded" in item for item in outcome.fetched) and image.is_file()
 
 
-def test_download_places_the_paper_protocol_s_files(tmp_path, monkeypatch):
+def test_download_places_the_paper_protocol_s_files(tmp_path, monkeypatch, online):
     pin = upstream_fixtures.fixture_pin()
     monkeypatch.setattr(upstream, "VALOR", pin)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("HF_HUB_OFFLINE")  # the test session's default; the original's files come from a local server
     with file_server(upstream_fixtures.files()) as url:
         monkeypatch.setenv("HARNESS_UPSTREAM_URL", url)
         outcome = download([], tmp_path, lambda task: [], upstream=True, hub=FolderHub(tmp_path))
@@ -309,15 +312,18 @@ def test_download_places_the_paper_protocol_s_files(tmp_path, monkeypatch):
     assert len(again.present) == len(pin.assets) and not again.fetched
 
 
-def test_images_that_cannot_be_fetched_are_a_manual_step(tmp_path):
+def test_images_that_cannot_be_fetched_are_a_manual_step(tmp_path, online):
     config = TaskRegistry().config("gqa")
     needed = [r for r in task_requirements(config, tmp_path) if isinstance(r, ImageFolder)]
     outcome = download(needed, tmp_path, lambda task: [], hub=FolderHub(tmp_path))
     assert not outcome.ok and "images of task gqa: not fetchable here" in outcome.manual[0]
 
 
-def test_the_download_command_names_what_is_still_missing(tmp_path, capsys):
-    # No hub here: the dataset fails; the command says so and exits 1, offering the rerun.
+def test_the_download_command_names_what_is_still_missing(tmp_path, capsys, monkeypatch):
+    assert main(["download", "--tasks", "countbenchqa", "--data-dir", str(tmp_path)]) == 2
+    assert "downloads are off ($HF_HUB_OFFLINE and $HARNESS_OFFLINE)" in capsys.readouterr().err
+    # No hub reachable: the dataset fails; the command says so and exits 1, offering the rerun.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     assert main(["download", "--tasks", "countbenchqa", "--data-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "FAILED: dataset vikhyatk/CountBenchQA" in out and "still missing" in out

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from harness.cache import CacheError
 from harness.cli import evaluation, grounding, reports, setup, training
+from harness.download import DownloadError
 from harness.overrides import OverrideError
 from harness.preflight import PreflightError
 from harness.registry import UnknownNameError
@@ -36,7 +37,7 @@ DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools,
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
-               PreflightError, RunLockedError, UpstreamAssetError, CacheError)
+               PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError)
 
 
 def build_parser() -> argparse.ArgumentParser:
