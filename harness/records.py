@@ -32,6 +32,20 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+class RecordsError(ValueError):
+    """A records file with a line that is not a record; the message names the file and the line."""
+
+
+def _parse(line: bytes, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordsError(f"{path}: line {number} is not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or "id" not in record:
+        raise RecordsError(f"{path}: line {number} is not a record (an object with an 'id')")
+    return record
+
+
 def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, default=to_jsonable)
 
@@ -46,10 +60,7 @@ def _scan(path: Path) -> tuple[set[str], int]:
                 log.warning("%s: dropping torn last line %d (%d bytes) from an interrupted run",
                             path, number, len(line))
                 break
-            try:
-                done.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{path}: line {number} is not a valid record ({exc})") from exc
+            done.add(_parse(line, path, number)["id"])
             good_bytes += len(line)
     return done, good_bytes
 
@@ -100,10 +111,7 @@ def read_records(path: str | Path) -> Iterator[dict]:
             if not line.endswith(b"\n"):
                 log.warning("%s: skipping torn last line %d", path, number)
                 return
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
+            yield _parse(line, path, number)
 
 
 def write_records_atomically(path: str | Path, records: Iterator[dict]) -> int:

@@ -69,8 +69,6 @@ def prepare_resume(path: Path) -> Resumption:
     seen: set[str] = set()
     try:
         for record in read_records(path):
-            if not isinstance(record, dict) or "id" not in record:
-                raise RunError(f"{path}: a line is not a record of this harness; move the file away to rerun the task")
             if record["id"] in seen:
                 outcome.duplicates += 1
                 continue

@@ -75,8 +75,9 @@ class Interruption:
         self.hit = False
 
     def __enter__(self) -> "Interruption":
+        # SIGTERM (a scheduler ending the job, `kill`) stops the run as Ctrl-C does.
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -88,5 +89,5 @@ class Interruption:
         raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in (self.previous or {}).items():
+            signal.signal(sig, handler)

@@ -373,3 +373,33 @@ def test_show_into_a_closed_pipe_is_quiet(toy):
     done = subprocess.run(shell, shell=True, capture_output=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.stdout.decode().startswith("task:") and done.stderr == b""
+
+
+def test_a_damaged_records_file_is_one_line_everywhere(toy, capsys):
+    include, data, out, command = toy
+    assert main(command) == 0
+    path = out / "samples_toy_counting.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3] + ["[1, 2]\n"] + lines[3:]))  # JSON, but no record
+    for args in (["score", str(out)], ["show", str(out), "5"], [*command, "--resume"]):
+        assert main(args) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == f"error: {path}: line 4 is not a record (an object with an 'id')", args
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    include, data = write_toy_task(tmp_path, n=30)
+    write_system(include, "slow", "toy:PidReporter", delay=0.1, fail_on="", pid_file=str(tmp_path / "pid"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)])}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--system", "slow", "--tasks", "toy_counting",
+                             "--data-dir", str(data), "--include-path", str(include), "--output-path", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    samples = out / "samples_toy_counting.jsonl"
+    deadline = time.monotonic() + 60
+    while not (samples.exists() and samples.read_bytes().count(b"\n") >= 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.terminate()
+    assert proc.wait(timeout=20) == 130
+    assert "interrupted: " in proc.stderr.read().decode()
+    assert results(out)["complete"] is False

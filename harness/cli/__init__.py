@@ -18,6 +18,7 @@ from harness.cli import evaluation, grounding, reports, setup, training
 from harness.download import DownloadError
 from harness.overrides import OverrideError
 from harness.preflight import PreflightError
+from harness.records import RecordsError
 from harness.registry import UnknownNameError
 from harness.runlock import RunLockedError
 from harness.runner import RunError, RunInterrupted
@@ -37,7 +38,7 @@ DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools,
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
-               PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError)
+               PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError, RecordsError)
 
 
 def build_parser() -> argparse.ArgumentParser:
