@@ -82,11 +82,12 @@ class TaskSummary:
         self._ids.add(record["id"])
         self.n += 1
         self.status[record["status"]] += 1
-        failure = infrastructure_failure(record)
-        if failure is not None:
-            self.infrastructure[failure] += 1
         self.parse[record.get("parse") or "none"] += 1
         self.sample_set_hash = (self.sample_set_hash + sample_hash(record)) % _HASH_MOD
+        failure = infrastructure_failure(record)
+        if failure is not None:  # never scored (records of older versions may carry a 0 for it)
+            self.infrastructure[failure] += 1
+            return
         if record.get("judge"):
             self.judges[record["judge"]["name"]] += 1
         scores = record.get("scores") or {}

@@ -35,7 +35,9 @@ def changes_since(previous: dict[str, Any], run: dict[str, Any]) -> list[str]:
     before_judge = {k: v for k, v in (previous.get("judge") or {}).items() if k not in JudgeSpec.OPERATIONAL}
     now_judge = {k: v for k, v in run["judge"].items() if k not in JudgeSpec.OPERATIONAL}
     if not _same(before_judge, now_judge):
-        changed.append("judge")
+        keys = sorted(k for k in set(before_judge) | set(now_judge) if before_judge.get(k) != now_judge.get(k))
+        changed.append("the judge (" + ", ".join(f"{k}: {before_judge.get(k)!r} before, {now_judge.get(k)!r} now"
+                                                 for k in keys) + ")")
     for task, config in run["task_configs"].items():
         before = (previous.get("task_configs") or {}).get(task)
         before = {k: v for k, v in before.items() if k not in _TASK_PROSE} if isinstance(before, dict) else None
