@@ -169,7 +169,7 @@ def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
             detail += f" (the prediction's status was {record['status']})"
         record.update(status=Status.SCORING_ERROR, scores={"strict": None, "compat": None}, parse=None,
                       extracted=None, judge=None, detail=detail)
-    record["timings"]["score_s"] = time.perf_counter() - start
+    record.setdefault("timings", {})["score_s"] = time.perf_counter() - start
     return record
 
 
@@ -427,7 +427,7 @@ def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any
                 path = samples_file(run_dir, task)
                 if path.is_file():
                     compat = run["task_configs"][task].get("compat")
-                    scored = pool.map(lambda r: scorer.score(r, compat), _unique(read_records(path)))
+                    scored = pool.map(lambda r: _score(r, compat, scorer), _unique(read_records(path)))
                     count = write_records_atomically(path, scored)
                     log.info("re-scored %d records of %s", count, task)
         return summarize_run(run_dir, run)
