@@ -68,6 +68,8 @@ def download_args(system: System | None, tasks: Sequence[TaskConfig]) -> str:
     args = f" --system {system.name}" if system is not None else ""
     if system is not None and system.protocol == PAPER:
         args += " --protocol paper"
+    if system is not None and system.params.get("tools") not in (None, "oracle"):
+        args += f" --tools {system.params['tools']}"
     return args + (f" --tasks {','.join(config.task for config in tasks)}" if tasks else "")
 
 

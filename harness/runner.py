@@ -17,6 +17,8 @@ continues.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -402,6 +404,8 @@ def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: d
                 _run_task(task, system, options, scorer, breaker, resumptions[task.name], close)
     except StopRun as stop:
         return _stop(close, options, run, str(stop))
+    finally:
+        scorer.close()
     close()
     run["finished"] = now_iso()
     write_json_atomically(run_dir / RUN_FILE, run)
@@ -410,7 +414,16 @@ def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: d
 
 def recorded_judge(run_dir: Path) -> JudgeSpec:
     """The judge a run was scored with (its run.json)."""
-    return JudgeSpec(**_load_run(run_dir).get("judge") or {})
+    return _judge_spec(_load_run(run_dir), run_dir)
+
+
+def _judge_spec(run: dict[str, Any], run_dir: Path) -> JudgeSpec:
+    recorded = run.get("judge") or {}
+    known = {f.name for f in dataclasses.fields(JudgeSpec)}
+    try:
+        return JudgeSpec(**{k: v for k, v in recorded.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"{run_dir / RUN_FILE}: the recorded judge is not readable ({exc})") from None
 
 
 def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any]:
@@ -419,8 +432,8 @@ def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any
     run = _load_run(run_dir)
     if judge_spec is not None:
         run["judge"] = judge_spec.to_dict()
-    scorer = make_scorer(JudgeSpec(**run["judge"]), run.get("protocol", HARNESS), run.get("data_dir"))
-    with RunLock(run_dir):
+    scorer = make_scorer(_judge_spec(run, run_dir), run.get("protocol", HARNESS), run.get("data_dir"))
+    with RunLock(run_dir), contextlib.closing(scorer):
         write_json_atomically(run_dir / RUN_FILE, run)
         with ThreadPoolExecutor(scorer.concurrency if scorer.remote else 1, thread_name_prefix="scoring") as pool:
             for task in run["tasks"]:

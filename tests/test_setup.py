@@ -145,7 +145,7 @@ def test_the_preflight_lists_everything_missing_with_its_fix(tmp_path, monkeypat
                      f"images in {tmp_path / 'yfan1997/GRIT_data/gqa'}", "dataset cambridgeltl/vsr_zeroshot",
                      "upstream file damianomarsili/VALOR/eval/metrics.py"):
         assert expected in message, expected
-    assert "python -m harness download --system valor --protocol paper --tasks gqa,vsr --data-dir DIR" in message
+    assert "python -m harness download --system valor --protocol paper --tools real --tasks gqa,vsr --data-dir DIR" in message
 
 
 def test_a_system_that_reads_no_images_needs_none():
@@ -340,7 +340,7 @@ def test_doctor_reports_the_machine_and_a_run_s_needs(tmp_path, capsys, monkeypa
     assert main(["doctor", "--system", "valor-rl", "--tasks", "countbenchqa", "--data-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "[MISSING] package vllm" in out and "[MISSING] a CUDA GPU" in out
-    assert "fix: run `python -m harness download --system valor-rl --protocol paper --tasks countbenchqa" in out
+    assert "fix: run `python -m harness download --system valor-rl --protocol paper --tools real --tasks countbenchqa" in out
 
 
 # --------------------------------------------------------------------------- system files

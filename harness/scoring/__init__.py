@@ -115,6 +115,11 @@ class Scorer:
                 paper = self._paper
         return score_record(record, compat_rule, self.judge, paper)
 
+    def close(self) -> None:
+        self.judge.close()
+        if self._paper is not None:
+            self._paper.close()
+
 
 def make_scorer(spec: JudgeSpec, protocol: str = HARNESS, data_dir: str | Path | None = None) -> Scorer:
     paper = (lambda: make_paper_judge(spec, data_dir)) if protocol == PAPER else None

@@ -100,6 +100,9 @@ class Judge:
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release the model connection, if any."""
+
 
 class ExactMatchJudge(Judge):
     """The fallback when no LLM judge is configured: normalised exact match."""
@@ -137,10 +140,15 @@ class LLMJudge(Judge):
     """A judge that asks a chat model; ``complete`` maps messages to reply text."""
 
     def __init__(self, name: str, complete: Callable[[list[dict]], str],
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, on_close: Callable[[], None] | None = None) -> None:
         self.name = name
         self._complete = complete
         self._cache = cache
+        self._on_close = on_close
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         key = cache_key("judge", self.name, JUDGE_PROMPT_VERSION, question, str(gold), str(prediction))
@@ -187,11 +195,16 @@ class PaperJudge(Judge):
     them, every prediction included (a failed program's is ``None``), one user turn."""
 
     def __init__(self, name: str, prompt: str, complete: Callable[[str], str],
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, on_close: Callable[[], None] | None = None) -> None:
         self.name = name
         self.prompt = prompt
         self._complete = complete
         self._cache = cache
+        self._on_close = on_close
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         try:
@@ -223,7 +236,7 @@ def make_judge(spec: JudgeSpec, cache_dir: Path | None = None) -> Judge:
     backend = OpenAIChat(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env,
                          temperature=spec.temperature, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
                          max_concurrency=spec.max_concurrency)
-    return LLMJudge(name, backend.complete, cache)
+    return LLMJudge(name, backend.complete, cache, backend.close)
 
 
 def make_paper_judge(spec: JudgeSpec, data_dir: str | Path | None = None, cache_dir: Path | None = None) -> Judge:
@@ -237,4 +250,5 @@ def make_paper_judge(spec: JudgeSpec, data_dir: str | Path | None = None, cache_
                          max_concurrency=spec.max_concurrency)
     cache = ResponseCache((cache_dir or default_cache_dir()) / "judge.sqlite")
     name = f"paper:{spec.paper_model}@{spec.paper_base_url or 'default'}"
-    return PaperJudge(name, prompt, lambda text: backend.complete([{"role": "user", "content": text}]), cache)
+    return PaperJudge(name, prompt, lambda text: backend.complete([{"role": "user", "content": text}]), cache,
+                      backend.close)
