@@ -17,9 +17,6 @@ continues.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import logging
 import random
 import shutil
@@ -34,14 +31,13 @@ from tqdm import tqdm
 from harness import __version__
 from harness.backends.remote import reset_interrupt, watch_calls
 from harness.preflight import run_preflight
-from harness.protocol import HARNESS
-from harness.records import RecordWriter, read_records, to_jsonable, write_records_atomically
+from harness.records import RecordWriter, read_records, to_jsonable
 from harness.results import (
     RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, now_iso, samples_file, summarize_records,
     write_json_atomically,
 )
 from harness.runlock import LOCK_FILE, RunLock
-from harness.runstate import RunError, Resumption, changes_since, prepare_resume
+from harness.runstate import RunError, Resumption, changes_since, load_run, prepare_resume
 from harness.scoring import JudgeSpec, Scorer, make_scorer
 from harness.stopping import CircuitBreaker, Closer, Interruption, StopRun
 from harness.systems import SystemRegistry
@@ -110,19 +106,6 @@ def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> d
     return record
 
 
-def _load_run(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path} is not a readable run file ({exc})") from None
-    if not isinstance(run, dict) or not isinstance(run.get("tasks"), list):
-        raise RunError(f"{path} is not a run file of this harness")
-    return run
-
-
 def _new_run(options: RunOptions, system: System, registry: TaskRegistry, data_dir: Path | None) -> dict[str, Any]:
     return {
         "system": options.system,
@@ -160,7 +143,7 @@ def _resumed(previous: dict[str, Any], run: dict[str, Any], options: RunOptions)
     return previous
 
 
-def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
+def score_guarded(record: dict, compat: str | None, scorer: Scorer) -> dict:
     start = time.perf_counter()
     try:
         scorer.score(record, compat)
@@ -189,9 +172,9 @@ class _Recorder:
 
     def add(self, record: dict) -> None:
         if self.pool is None:
-            self._write(_score(record, self.compat, self.scorer))
+            self._write(score_guarded(record, self.compat, self.scorer))
             return
-        self.pending.add(self.pool.submit(_score, record, self.compat, self.scorer))
+        self.pending.add(self.pool.submit(score_guarded, record, self.compat, self.scorer))
         self._collect(block=len(self.pending) >= 2 * self.scorer.concurrency)
 
     def _collect(self, block: bool) -> None:
@@ -348,7 +331,7 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
                 try:
                     run = _new_run(options, system, tasks, data_dir)
                     if resuming:
-                        run = _resumed(_load_run(run_dir), run, options)
+                        run = _resumed(load_run(run_dir), run, options)
                     return _execute(options, system, tasks, run, resuming, close)
                 except KeyboardInterrupt:
                     if run is None or not any(run_dir.glob("samples_*.jsonl")):
@@ -410,57 +393,3 @@ def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: d
     run["finished"] = now_iso()
     write_json_atomically(run_dir / RUN_FILE, run)
     return summarize_run(run_dir, run)
-
-
-def recorded_judge(run_dir: Path) -> JudgeSpec:
-    """The judge a run was scored with (its run.json)."""
-    return _judge_spec(_load_run(run_dir), run_dir)
-
-
-def _judge_spec(run: dict[str, Any], run_dir: Path) -> JudgeSpec:
-    recorded = run.get("judge") or {}
-    known = {f.name for f in dataclasses.fields(JudgeSpec)}
-    try:
-        return JudgeSpec(**{k: v for k, v in recorded.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise RunError(f"{run_dir / RUN_FILE}: the recorded judge is not readable ({exc})") from None
-
-
-def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any]:
-    """Score a run's saved predictions again, with the current rules and an optional new judge
-    (judged on the judge's ``max_concurrency`` threads)."""
-    run = _load_run(run_dir)
-    if judge_spec is not None:
-        run["judge"] = judge_spec.to_dict()
-    scorer = make_scorer(_judge_spec(run, run_dir), run.get("protocol", HARNESS), run.get("data_dir"))
-    with RunLock(run_dir), contextlib.closing(scorer):
-        write_json_atomically(run_dir / RUN_FILE, run)
-        with ThreadPoolExecutor(scorer.concurrency if scorer.remote else 1, thread_name_prefix="scoring") as pool:
-            for task in run["tasks"]:
-                path = samples_file(run_dir, task)
-                if path.is_file():
-                    compat = run["task_configs"][task].get("compat")
-                    scored = pool.map(lambda r: _score(r, compat, scorer), _unique(read_records(path)))
-                    count = write_records_atomically(path, scored)
-                    log.info("re-scored %d records of %s", count, task)
-        return summarize_run(run_dir, run)
-
-
-def _unique(records: Iterator[dict]) -> Iterator[dict]:
-    """The first record of each sample (a second one, from a file two processes wrote, is dropped)."""
-    seen: set[str] = set()
-    for record in records:
-        if record["id"] not in seen:
-            seen.add(record["id"])
-            yield record
-
-
-def find_records(run_dir: Path, sample_id: str, task: str | None = None) -> list[dict[str, Any]]:
-    run = _load_run(run_dir)
-    names = [task] if task else run["tasks"]
-    found = []
-    for name in names:
-        path = samples_file(run_dir, name)
-        if path.is_file():
-            found += [r for r in read_records(path) if r["id"] == sample_id]
-    return found

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.records import read_records, write_records_atomically
-from harness.results import JUDGE_ERROR, infrastructure_failure
+from harness.results import JUDGE_ERROR, RUN_FILE, infrastructure_failure
 from harness.scoring import JudgeSpec
 
 # What must match for --resume to continue a run rather than mix two (the judge is compared
@@ -21,6 +21,19 @@ _TASK_PROSE = ("description", "notes", "source_file", "tags")
 
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says why."""
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is not a readable run file ({exc})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("tasks"), list):
+        raise RunError(f"{path} is not a run file of this harness")
+    return run
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -14,7 +14,8 @@ from tabulate import tabulate
 from harness.cli.common import add_judge_args, add_run_safety_args, judge_spec, parse_limit, run_exit_code
 from harness.overrides import nested, parse_key_values
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
-from harness.runner import RunOptions, evaluate, find_records, recorded_judge, rescore
+from harness.rescore import find_records, recorded_judge, rescore
+from harness.runner import RunOptions, evaluate
 from harness.scoring import JudgeSpec
 from harness.systems import SystemRegistry
 from harness.tasks import TaskRegistry
