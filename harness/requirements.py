@@ -158,9 +158,10 @@ def _local_host(host: str) -> bool:
     if host in ("localhost", ""):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return address.is_loopback or address.is_unspecified  # 127.0.0.1, ::1, 0.0.0.0
 
 
 def is_local_url(url: str | None) -> bool:

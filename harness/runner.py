@@ -292,14 +292,17 @@ def _claim_directory(run_dir: Path, resume: bool) -> tuple[RunLock, bool]:
     return lock, created
 
 
-def _remove_unstarted(run_dir: Path, created: bool) -> None:
-    """Undo a start that failed before any record was written, so the corrected command can run."""
+def _remove_unstarted(run_dir: Path, created: bool, resuming: bool) -> None:
+    """Undo a start that failed before any record was written, so the corrected command can run:
+    the folder when this start made it, else the files it wrote (a resumed run keeps its own)."""
     if any(run_dir.glob("samples_*.jsonl")):
         return
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        return
+    ours = [LOCK_FILE] if resuming else [LOCK_FILE, RUN_FILE, RESULTS_FILE, RUN_FILE + ".tmp", RESULTS_FILE + ".tmp"]
+    for name in ours:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
@@ -336,12 +339,12 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
                 except KeyboardInterrupt:
                     if run is None or not any(run_dir.glob("samples_*.jsonl")):
                         close()
-                        _remove_unstarted(run_dir, created)
+                        _remove_unstarted(run_dir, created, resuming)
                         raise RunInterrupted("interrupted before the first sample; nothing was recorded") from None
                     _stop(close, options, run, "interrupted (Ctrl-C)")
                     raise RunInterrupted(_interrupted_message(run_dir)) from None
                 except BaseException:
-                    _remove_unstarted(run_dir, created)
+                    _remove_unstarted(run_dir, created, resuming)
                     raise
         finally:
             lock.release()

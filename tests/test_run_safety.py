@@ -403,3 +403,15 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     assert proc.wait(timeout=20) == 130
     assert "interrupted: " in proc.stderr.read().decode()
     assert results(out)["complete"] is False
+
+
+def test_a_failed_start_in_an_existing_folder_leaves_it_as_it_was(toy, tmp_path, capsys):
+    include, data, out, command = toy
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"id": "999", "prediction": 1}\n')  # an id no sample has: refused before any record
+    assert main(["run", "--system", "predictions", "--predictions", str(bad), "--tasks", "toy_counting",
+                 "--data-dir", str(data), "--include-path", str(include), "--output-path", str(out)]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(command) == 0  # the corrected command runs in the same folder
