@@ -26,32 +26,54 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+class CacheError(RuntimeError):
+    """A cache file that cannot be used; the message names it and how to recover."""
+
+
 class ResponseCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
-        )
-        self._conn.commit()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
+            )
+            self._conn.commit()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> CacheError:
+        return CacheError(f"cache file {self.path} cannot be used ({exc}); it holds only cached replies: delete it, "
+                          f"or point HARNESS_CACHE_DIR at another folder")
 
     def get(self, key: str) -> Any | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        try:
+            with self._lock:
+                row = self._conn.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError):  # a damaged entry is a miss; the next put replaces it
+            return None
 
     def put(self, key: str, value: Any) -> None:
         blob = json.dumps(value, ensure_ascii=False)
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
-                (key, blob, time.time()),
-            )
-            self._conn.commit()
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                    (key, blob, time.time()),
+                )
+                self._conn.commit()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     def __len__(self) -> int:
         with self._lock:

@@ -41,6 +41,7 @@ class CheckOptions:
     tasks: list[str] | None = None  # None: every task of both runs
     seed: int = 1234
     bootstrap: int = 10_000
+    allow_incomplete: bool = False  # compare runs with infrastructure failures (their unscored samples left out)
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -102,8 +103,9 @@ class CheckReport:
 # --------------------------------------------------------------------------- reading runs
 
 
-def load_results(run_dir: Path) -> dict[str, Any]:
-    """A finished run's results file; refuses runs that are unfinished or not runs."""
+def load_results(run_dir: Path, allow_incomplete: bool = False) -> dict[str, Any]:
+    """A finished run's results file; refuses runs that are unfinished or not runs, and (unless
+    ``allow_incomplete``) runs with infrastructure failures or an early stop."""
     if not run_dir.is_dir():
         raise CheckRefused(f"{run_dir}: no such run directory")
     run_path, results_path = run_dir / RUN_FILE, run_dir / RESULTS_FILE
@@ -123,14 +125,17 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     for key in ("results", "versions", "task_hashes"):
         if not isinstance(results.get(key), dict):
             raise CheckRefused(f"{results_path}: no {key!r} mapping; not a results file of this harness")
+    if results.get("complete") is False and not allow_incomplete:
+        raise CheckRefused(f"{run_dir} is incomplete ({'; '.join(results.get('incomplete') or [])}): finish it with "
+                           f"`python -m harness run ... --resume --output-path {run_dir}`, or pass --allow-incomplete")
     return results
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckRefused(f"{path} is not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckRefused(f"{path} is not valid JSON ({exc})") from None
 
 
 def _records_by_id(run_dir: Path, task: str) -> dict[str, dict]:
@@ -259,7 +264,7 @@ def decide(comparison: TaskComparison, options: CheckOptions) -> None:
 def check_runs(baseline: Path, candidate: Path, options: CheckOptions | None = None) -> CheckReport:
     """Compare every task the two runs share; raises :class:`CheckRefused` when they cannot be compared."""
     options = options or CheckOptions()
-    base, cand = load_results(baseline), load_results(candidate)
+    base, cand = load_results(baseline, options.allow_incomplete), load_results(candidate, options.allow_incomplete)
     protocols = (base.get("protocol", HARNESS), cand.get("protocol", HARNESS))
     if protocols[0] != protocols[1]:
         raise CheckRefused(f"the baseline {baseline} follows the {protocols[0]} protocol and the candidate "

@@ -32,6 +32,20 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+class RecordsError(ValueError):
+    """A records file with a line that is not a record; the message names the file and the line."""
+
+
+def _parse(line: bytes, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordsError(f"{path}: line {number} is not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or "id" not in record:
+        raise RecordsError(f"{path}: line {number} is not a record (an object with an 'id')")
+    return record
+
+
 def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, default=to_jsonable)
 
@@ -46,10 +60,7 @@ def _scan(path: Path) -> tuple[set[str], int]:
                 log.warning("%s: dropping torn last line %d (%d bytes) from an interrupted run",
                             path, number, len(line))
                 break
-            try:
-                done.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{path}: line {number} is not a valid record ({exc})") from exc
+            done.add(_parse(line, path, number)["id"])
             good_bytes += len(line)
     return done, good_bytes
 
@@ -60,7 +71,7 @@ class RecordWriter:
     def __init__(self, path: str | Path, resume: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()  # ids recorded by the run being resumed
+        self.done: set[str] = set()  # ids recorded: by the run being resumed, then by this writer
         if self.path.exists() and self.path.stat().st_size:
             if not resume:
                 raise FileExistsError(f"{self.path} already holds records; pass --resume to continue that run")
@@ -72,8 +83,12 @@ class RecordWriter:
     def append(self, record: dict) -> None:
         if record["id"] in self.done:
             raise ValueError(f"{self.path}: sample {record['id']!r} is already recorded")
-        self._file.write(dumps(record) + "\n")  # one write per line, so lines never interleave
-        self._file.flush()
+        try:
+            self._file.write(dumps(record) + "\n")  # one write per line, so lines never interleave
+            self._file.flush()
+        except OSError as exc:  # a full disk: name the file (a resume redoes a line cut short)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+        self.done.add(record["id"])
 
     def close(self) -> None:
         if not self._file.closed:
@@ -96,10 +111,7 @@ def read_records(path: str | Path) -> Iterator[dict]:
             if not line.endswith(b"\n"):
                 log.warning("%s: skipping torn last line %d", path, number)
                 return
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
+            yield _parse(line, path, number)
 
 
 def write_records_atomically(path: str | Path, records: Iterator[dict]) -> int:

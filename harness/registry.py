@@ -82,8 +82,10 @@ def read_yaml_files(folders: Iterable[Path], kind_key: str, error: type[Exceptio
         for path in sorted(folder.glob("*.yaml")):
             try:
                 data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
             except yaml.YAMLError as exc:
-                raise error(f"{path}: not valid YAML: {exc}") from exc
+                raise error(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
             if not isinstance(data, dict):
                 raise error(f"{path}: expected a mapping at the top level")
             if kind_key not in data and ({"task", "system"} & set(data)):

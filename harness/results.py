@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from harness.protocol import HARNESS, HEADLINE_SCORE
 from harness.stats import MeanAccumulator, ci95
+from harness.types import Status
 
 SCORINGS = ("strict", "compat")
 RUN_FILE = "run.json"
@@ -32,6 +33,24 @@ _HASH_MOD = 1 << 256
 
 def samples_file(run_dir: Path, task: str) -> Path:
     return run_dir / f"samples_{task}.jsonl"
+
+
+JUDGE_ERROR = "judge_error"  # an infrastructure failure of scoring: the judge gave no verdict
+
+
+def infrastructure_failure(record: dict) -> str | None:
+    """What failed in the infrastructure for this record (its status, or ``judge_error`` when a
+    judge gave no verdict), or None when the record is a model outcome. Such records are never
+    scored as wrong answers, make a run incomplete, and are redone by ``--resume``."""
+    status = record.get("status")
+    if status in Status.INFRASTRUCTURE:
+        return status
+    if record.get("parse") == JUDGE_ERROR:
+        return JUDGE_ERROR
+    paper = record.get("paper_judge")
+    if isinstance(paper, dict) and paper.get("score") is None:
+        return JUDGE_ERROR
+    return None
 
 
 def sample_hash(record: dict) -> int:
@@ -49,15 +68,26 @@ class TaskSummary:
     status: Counter = field(default_factory=Counter)
     parse: Counter = field(default_factory=Counter)
     judges: Counter = field(default_factory=Counter)
+    infrastructure: Counter = field(default_factory=Counter)
     sample_set_hash: int = 0  # order-independent: the sum of per-sample hashes
     scored: int = 0
     n: int = 0
+    duplicates: int = 0  # records of a sample already counted (a file written by two processes): ignored
+    _ids: set[str] = field(default_factory=set, repr=False)
 
     def add(self, record: dict) -> None:
+        if record["id"] in self._ids:
+            self.duplicates += 1
+            return
+        self._ids.add(record["id"])
         self.n += 1
         self.status[record["status"]] += 1
         self.parse[record.get("parse") or "none"] += 1
         self.sample_set_hash = (self.sample_set_hash + sample_hash(record)) % _HASH_MOD
+        failure = infrastructure_failure(record)
+        if failure is not None:  # never scored (records of older versions may carry a 0 for it)
+            self.infrastructure[failure] += 1
+            return
         if record.get("judge"):
             self.judges[record["judge"]["name"]] += 1
         scores = record.get("scores") or {}
@@ -71,8 +101,18 @@ class TaskSummary:
                 self.scores[scoring].add(float(scores[scoring]), cluster)
                 subset[scoring].add(float(scores[scoring]))
 
+    @property
+    def model_failures(self) -> int:
+        """Samples the system failed for reasons of its own (an exception, a timeout, no answer, ...)."""
+        return sum(n for status, n in self.status.items()
+                   if status != Status.OK and status not in Status.INFRASTRUCTURE)
+
     def to_dict(self, metric: str = "accuracy") -> dict[str, Any]:
-        out: dict[str, Any] = {"n": self.n, "n_scored": self.scored}
+        out: dict[str, Any] = {"n": self.n, "n_scored": self.scored, "n_model_failures": self.model_failures,
+                               "n_infrastructure_failures": sum(self.infrastructure.values()),
+                               "infrastructure_counts": dict(sorted(self.infrastructure.items()))}
+        if self.duplicates:
+            out["duplicate_records_ignored"] = self.duplicates
         for scoring, acc in self.scores.items():
             se = acc.clustered_stderr if self.clustered else acc.stderr
             out[f"{metric},{scoring}"] = acc.mean
@@ -122,16 +162,46 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    write_text_atomically(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def incomplete_reasons(run: dict[str, Any], summaries: dict[str, TaskSummary]) -> list[str]:
+    """Why a run's numbers are not the whole benchmark's (empty: the run is complete): a task
+    not loaded or not recorded, samples missing, infrastructure failures, an early stop."""
+    reasons = []
+    task_meta = run.get("task_meta", {})
+    errors = run.get("errors") or {}
+    for task in run["tasks"]:
+        summary = summaries.get(task)
+        if task in errors:
+            reasons.append(f"{task}: not run ({errors[task]})")
+            continue
+        if summary is None:
+            reasons.append(f"{task}: no records")
+            continue
+        expected = task_meta.get(task, {}).get("expected")
+        if expected is not None and summary.n < expected:
+            reasons.append(f"{task}: {summary.n} of {expected} samples recorded")
+        if summary.infrastructure:
+            counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(summary.infrastructure.items()))
+            reasons.append(f"{task}: {sum(summary.infrastructure.values())} infrastructure failures ({counts})")
+    if run.get("stopped"):
+        reasons.append(f"stopped early: {run['stopped']}")
+    return reasons
 
 
 def build_results(run: dict[str, Any], summaries: dict[str, TaskSummary]) -> dict[str, Any]:
     """The results file from the run description (run.json) and the task summaries."""
     configs = run["task_configs"]
     task_meta = run.get("task_meta", {})
+    incomplete = incomplete_reasons(run, summaries)
     results, n_samples, hashes = {}, {}, {}
     for task, summary in summaries.items():
         metric = configs[task].get("metric", "accuracy")
@@ -154,6 +224,11 @@ def build_results(run: dict[str, Any], summaries: dict[str, TaskSummary]) -> dic
         "task_hashes": hashes,
         "task_revisions": {t: task_meta.get(t, {}).get("revision") for t in summaries},
         "errors": run.get("errors", {}),
+        # Complete: every sample of every task recorded as a model outcome. The leaderboard and
+        # `check` use only complete runs unless told otherwise.
+        "complete": not incomplete,
+        "incomplete": incomplete,
+        "infrastructure_failures": sum(sum(s.infrastructure.values()) for s in summaries.values()),
         "git_hash": run.get("git_hash"),
         "date": now_iso(),
         "started": run.get("started"),

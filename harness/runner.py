@@ -1,16 +1,27 @@
 """Running a system over tasks: samples in, one scored record per sample out.
 
 A run directory holds ``run.json`` (what was asked for), one
-``samples_<task>.jsonl`` per task (records appended as samples finish) and
-``results.json`` (written at the end and by ``harness score``).
+``samples_<task>.jsonl`` per task (records appended as samples finish),
+``results.json`` (written at the end and by ``harness score``) and ``.lock``
+(held by the one process writing the run).
+
+A run starts only when everything it needs is in place (the system file, the
+preflight checks of :mod:`harness.preflight`): a start that fails leaves no
+directory behind. Infrastructure failures (an API that does not answer, an
+unreadable image, a judge without a verdict, :func:`harness.results.infrastructure_failure`)
+are recorded as such, never scored, make the run incomplete, and are redone by
+``--resume``; a run of them in a row stops the run early (the circuit breaker).
+Ctrl-C cancels every request in flight and leaves a run that ``--resume``
+continues.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+import shutil
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,13 +29,17 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from harness import __version__
-from harness.protocol import HARNESS
-from harness.records import RecordWriter, read_records, to_jsonable, write_records_atomically
+from harness.backends.remote import reset_interrupt, watch_calls
+from harness.preflight import run_preflight
+from harness.records import RecordWriter, read_records, to_jsonable
 from harness.results import (
     RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, now_iso, samples_file, summarize_records,
-    write_json_atomically,
+    write_json_atomically, write_text_atomically,
 )
+from harness.runlock import LOCK_FILE, RunLock
+from harness.runstate import RunError, Resumption, changes_since, load_run, prepare_resume
 from harness.scoring import JudgeSpec, Scorer, make_scorer
+from harness.stopping import CircuitBreaker, Closer, Interruption, StopRun
 from harness.systems import SystemRegistry
 from harness.systems.base import System
 from harness.tasks import Task, TaskRegistry
@@ -34,12 +49,11 @@ from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
 
-# What must match for --resume to continue a run rather than mix two.
-_IDENTITY = ("system", "system_config", "tasks", "limit", "seed", "judge", "protocol")
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 
 
-class RunError(RuntimeError):
-    """A run that cannot start or continue; the message says why."""
+class RunInterrupted(RuntimeError):
+    """Ctrl-C: the run stopped, its records are kept and ``--resume`` continues it."""
 
 
 @dataclass
@@ -57,6 +71,12 @@ class RunOptions:
     include_paths: list[str] = field(default_factory=list)
     label: str | None = None  # names the run for the leaderboard (a variant of a system, e.g. valor-rl-n40)
     protocol: str | None = None  # paper or harness; None: the one the system file names
+    # Stop after this many infrastructure failures in a row (records or remote calls); 0: never.
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    preflight: bool = True
+    # Files to write into the run directory once it is claimed (name -> text), unless they
+    # exist: e.g. the resolved experiment file, so a failed start leaves nothing behind.
+    extra_files: dict[str, str] = field(default_factory=dict)
 
 
 def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> dict[str, Any]:
@@ -89,17 +109,8 @@ def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> d
     return record
 
 
-def _load_run(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> dict[str, Any]:
-    run_dir = options.output_path
-    data_dir = data_dir_from_env(options.data_dir)
-    run = {
+def _new_run(options: RunOptions, system: System, registry: TaskRegistry, data_dir: Path | None) -> dict[str, Any]:
+    return {
         "system": options.system,
         "label": options.label,
         "system_config": system.describe(),
@@ -119,73 +130,126 @@ def _start_run(options: RunOptions, system: System, registry: TaskRegistry) -> d
         "git_hash": git_hash(),
         "environment": environment(),
     }
-    if (run_dir / RUN_FILE).exists():
-        if not options.resume:
-            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-path")
-        previous = _load_run(run_dir)
-        changed = [k for k in _IDENTITY if json.dumps(previous.get(k), sort_keys=True, default=str)
-                   != json.dumps(run.get(k), sort_keys=True, default=str)]
-        if changed:
-            raise RunError(f"cannot resume {run_dir}: these settings differ from the original run: "
-                           f"{', '.join(changed)}")
-        previous["errors"] = {}
-        if options.label is not None:  # a label names the run without changing it, so it may change on resume
-            previous["label"] = options.label
-        previous["resumed"] = previous.get("resumed", []) + [now_iso()]
-        run = previous
-    elif options.resume:
-        log.info("nothing to resume in %s; starting a new run", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(run_dir / RUN_FILE, run)
-    return run
 
 
-def _score(record: dict, compat: str | None, scorer: Scorer) -> dict:
+def _resumed(previous: dict[str, Any], run: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    changed = changes_since(previous, run)
+    if changed:
+        raise RunError(f"cannot resume {options.output_path}: changed since the run started: {'; '.join(changed)}. "
+                       f"Run it as it was, or start a new run in another --output-path")
+    previous["errors"] = {}
+    previous.pop("stopped", None)
+    previous["judge"] = run["judge"]  # its operational settings (timeout, retries, concurrency) may change
+    if options.label is not None:  # a label names the run without changing it, so it may change on resume
+        previous["label"] = options.label
+    previous["resumed"] = previous.get("resumed", []) + [now_iso()]
+    return previous
+
+
+def score_guarded(record: dict, compat: str | None, scorer: Scorer) -> dict:
     start = time.perf_counter()
     try:
         scorer.score(record, compat)
     except Exception as exc:  # a bug in scoring costs this sample its score, never the run its records
         log.exception("scoring %s/%s failed", record["task"], record["id"])
+        detail = f"scoring failed: {type(exc).__name__}: {exc}"
+        if record["status"] != Status.OK:
+            detail += f" (the prediction's status was {record['status']})"
         record.update(status=Status.SCORING_ERROR, scores={"strict": None, "compat": None}, parse=None,
-                      extracted=None, judge=None,
-                      detail=f"scoring failed: {type(exc).__name__}: {exc}" + (
-                          f" (the prediction's status was {record['status']})" if record["status"] != Status.OK else ""))
-    record["timings"]["score_s"] = time.perf_counter() - start
+                      extracted=None, judge=None, detail=detail)
+    record.setdefault("timings", {})["score_s"] = time.perf_counter() - start
     return record
 
 
-def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer) -> None:
+class _Recorder:
+    """Scores records and appends them. When a judge calls a model, records are scored on
+    ``scorer.concurrency`` threads while the system goes on; they are written here, by the
+    calling thread, as their scores arrive (never two writers)."""
+
+    def __init__(self, writer: RecordWriter, scorer: Scorer, compat: str | None, breaker: CircuitBreaker,
+                 progress: tqdm) -> None:
+        self.writer, self.scorer, self.compat = writer, scorer, compat
+        self.breaker, self.progress = breaker, progress
+        self.pool = ThreadPoolExecutor(scorer.concurrency, thread_name_prefix="scoring") if scorer.remote else None
+        self.pending: set[Future] = set()
+
+    def add(self, record: dict) -> None:
+        if self.pool is None:
+            self._write(score_guarded(record, self.compat, self.scorer))
+            return
+        self.pending.add(self.pool.submit(score_guarded, record, self.compat, self.scorer))
+        self._collect(block=len(self.pending) >= 2 * self.scorer.concurrency)
+
+    def _collect(self, block: bool) -> None:
+        done = {f for f in self.pending if f.done()}
+        if not done and block:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            self.pending.discard(future)
+            self._write(future.result())
+
+    def finish(self) -> None:
+        while self.pending:
+            self._collect(block=True)
+
+    def _write(self, record: dict) -> None:
+        self.writer.append(record)
+        self.progress.update()
+        self.breaker.record(record)
+        if self.breaker.tripped:
+            raise StopRun(self.breaker.tripped)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, breaker: CircuitBreaker,
+              resumption: Resumption, close: Closer) -> None:
     config = task.config
     writer = RecordWriter(samples_file(options.output_path, task.name), resume=options.resume)
     pending: dict[str, Sample] = {}
-    progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=len(writer.done), desc=task.name, unit="sample", disable=None)
+    progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=len(writer.done), desc=task.name,
+                    unit="sample", disable=None)
+    recorder = _Recorder(writer, scorer, config.compat, breaker, progress)
+    # Recorded, but the judge gave no verdict: only the judging is redone (on the scoring threads).
+    rejudged = {record["id"] for record in resumption.rescore}
+    for record in resumption.rescore:
+        recorder.add(record)
 
     def feed() -> Iterator[Sample]:
         for sample in task.samples(options.limit):
-            if sample.id in writer.done:
+            if sample.id in writer.done or sample.id in rejudged or sample.id in pending:
                 continue
             if sample.error:  # unusable rows are finished samples: record them and move on
-                failed = Prediction(sample.id, status=Status.DATA_ERROR, detail=sample.error)
-                writer.append(_score(build_record(sample, failed, options.log_samples), config.compat, scorer))
-                progress.update()
+                recorder.add(build_record(sample, Prediction(sample.id, status=Status.DATA_ERROR,
+                                                             detail=sample.error), options.log_samples))
                 continue
             pending[sample.id] = sample
             yield sample
 
+    predictions = system.predict(feed())
     try:
-        for prediction in system.predict(feed()):
+        for prediction in predictions:
+            if breaker.tripped:
+                raise StopRun(breaker.tripped)
             sample = pending.pop(prediction.sample_id, None)
             if sample is None:
                 raise RunError(f"system {system.name} answered sample {prediction.sample_id!r} of task "
                                f"{task.name}, which it was not asked or already answered")
-            record = build_record(sample, prediction, options.log_samples)
-            writer.append(_score(record, config.compat, scorer))
-            progress.update()
-        for sample in pending.values():
+            recorder.add(build_record(sample, prediction, options.log_samples))
+        for sample in list(pending.values()):
             missing = Prediction(sample.id, status=Status.SYSTEM_ERROR, detail="the system returned no prediction")
-            writer.append(_score(build_record(sample, missing, options.log_samples), config.compat, scorer))
-            progress.update()
+            recorder.add(build_record(sample, missing, options.log_samples))
+        recorder.finish()
+    except BaseException:
+        # Stop what is running now (programs in the sandbox, requests) so that the system's
+        # generator closes at once, instead of waiting for work nobody will record.
+        close()
+        raise
     finally:
+        predictions.close()
+        recorder.close()
         progress.close()
         writer.close()
 
@@ -203,67 +267,140 @@ def summarize_run(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def _load_tasks(options: RunOptions, registry: TaskRegistry, system: System, run: dict[str, Any]) -> list[Task]:
+    loaded = []
+    for name in options.tasks:
+        try:
+            task = registry.task(name, options.data_dir, system.protocol)
+            run["task_meta"][name] = {"size": len(task), "expected": resolve_limit(options.limit, len(task)),
+                                      "revision": task.revision, "fingerprint": task.fingerprint()}
+            loaded.append(task)
+        except Exception as exc:  # one unavailable dataset must not stop the others
+            log.error("%s", exc)
+            run["errors"][name] = str(exc)
+    return loaded
+
+
+def _claim_directory(run_dir: Path, resume: bool) -> tuple[RunLock, bool]:
+    """The run directory, created when new, and its lock; whether it was created here."""
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+    except OSError as exc:
+        raise RunError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}") from None
+    if (run_dir / RUN_FILE).exists() and not resume:
+        lock.release()
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-path")
+    return lock, created
+
+
+def _remove_unstarted(run_dir: Path, created: bool, resuming: bool, written: list[str]) -> None:
+    """Undo a start that failed before any record was written, so the corrected command can run:
+    the folder when this start made it, else the files it wrote (a resumed run keeps its own)."""
+    if any(run_dir.glob("samples_*.jsonl")):
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    ours = [LOCK_FILE] if resuming else [LOCK_FILE, RUN_FILE, RESULTS_FILE, RUN_FILE + ".tmp", RESULTS_FILE + ".tmp"]
+    for name in ours + written:
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
              systems: SystemRegistry | None = None) -> dict[str, Any]:
+    """Run ``options.system`` on its tasks and return the results (also written to
+    ``results.json``). Raises RunError when the run cannot start, PreflightError when
+    something it needs is missing, RunInterrupted on Ctrl-C."""
     tasks = tasks or TaskRegistry(options.include_paths)
     systems = systems or SystemRegistry(options.include_paths)
     for name in options.tasks:
         if not tasks.config(name).answers:
             raise RunError(f"task {name!r} holds training questions without answers; it cannot be scored")
     random.seed(options.seed)
+    data_dir = data_dir_from_env(options.data_dir)
     system = systems.build(options.system, options.system_args, options.seed, options.protocol)
-    system.data_dir = data_dir_from_env(options.data_dir)
-    run = _start_run(options, system, tasks)
-    scorer = make_scorer(options.judge, system.protocol, system.data_dir)
+    system.data_dir = data_dir
+    close = Closer(system)
     try:
-        loaded = []
-        for name in options.tasks:
-            task = tasks.task(name, options.data_dir, system.protocol)
-            try:
-                run["task_meta"][name] = {"size": len(task), "revision": task.revision,
-                                          "fingerprint": task.fingerprint()}
-                loaded.append(task)
-            except Exception as exc:  # one unavailable dataset must not stop the others
-                log.error("%s", exc)
-                run["errors"][name] = str(exc)
-        write_json_atomically(options.output_path / RUN_FILE, run)
-        system.prepare(loaded)
-        for task in loaded:
-            _run_task(task, system, options, scorer)
+        if options.preflight:
+            run_preflight(system, [tasks.config(t) for t in options.tasks], options.judge, data_dir)
+        run_dir = options.output_path
+        resuming = options.resume and (run_dir / RUN_FILE).is_file()
+        if options.resume and not resuming:
+            log.info("nothing to resume in %s; starting a new run", run_dir)
+        lock, created = _claim_directory(run_dir, resuming)
+        run: dict[str, Any] | None = None
+        written: list[str] = []  # extra files this start wrote
+        try:
+            with Interruption():
+                try:
+                    run = _new_run(options, system, tasks, data_dir)
+                    if resuming:
+                        run = _resumed(load_run(run_dir), run, options)
+                    for name, text in options.extra_files.items():
+                        if not (run_dir / name).exists():
+                            write_text_atomically(run_dir / name, text)
+                            written.append(name)
+                    return _execute(options, system, tasks, run, resuming, close)
+                except KeyboardInterrupt:
+                    if run is None or not any(run_dir.glob("samples_*.jsonl")):
+                        close()
+                        _remove_unstarted(run_dir, created, resuming, written)
+                        raise RunInterrupted("interrupted before the first sample; nothing was recorded") from None
+                    _stop(close, options, run, "interrupted (Ctrl-C)")
+                    raise RunInterrupted(_interrupted_message(run_dir)) from None
+                except BaseException:
+                    _remove_unstarted(run_dir, created, resuming, written)
+                    raise
+        finally:
+            lock.release()
+            reset_interrupt()
     finally:
-        system.close()
+        close()
+
+
+def _interrupted_message(run_dir: Path) -> str:
+    recorded = sum(1 for path in run_dir.glob("samples_*.jsonl") for _ in read_records(path))
+    return (f"interrupted: {recorded} samples recorded in {run_dir}; continue with the same command and "
+            f"--resume --output-path {run_dir}")
+
+
+def _stop(close: Closer, options: RunOptions, run: dict[str, Any], why: str) -> dict[str, Any]:
+    """Close the system and write what the run has so far (results marked incomplete)."""
+    close()
+    run["stopped"] = why
     run["finished"] = now_iso()
     write_json_atomically(options.output_path / RUN_FILE, run)
     return summarize_run(options.output_path, run)
 
 
-def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any]:
-    """Score a run's saved predictions again, with the current rules and an optional new judge."""
-    run = _load_run(run_dir)
-    if judge_spec is not None:
-        run["judge"] = judge_spec.to_dict()
-        write_json_atomically(run_dir / RUN_FILE, run)
-    scorer = make_scorer(JudgeSpec(**run["judge"]), run.get("protocol", HARNESS), run.get("data_dir"))
-    for task in run["tasks"]:
-        path = samples_file(run_dir, task)
-        if path.is_file():
-            compat = run["task_configs"][task].get("compat")
-            count = write_records_atomically(path, (scorer.score(r, compat) for r in read_records(path)))
-            log.info("re-scored %d records of %s", count, task)
+def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: dict[str, Any],
+             resuming: bool, close: Closer) -> dict[str, Any]:
+    run_dir = options.output_path
+    scorer = make_scorer(options.judge, system.protocol, system.data_dir)
+    write_json_atomically(run_dir / RUN_FILE, run)
+    loaded = _load_tasks(options, registry, system, run)
+    write_json_atomically(run_dir / RUN_FILE, run)
+    resumptions = {task.name: prepare_resume(samples_file(run_dir, task.name)) if resuming else Resumption()
+                   for task in loaded}
+    for name, resumption in resumptions.items():
+        if resumption.redo or resumption.rescore or resumption.duplicates:
+            log.info("%s: redoing %d samples that failed for the infrastructure's sake, judging %d again%s", name,
+                     resumption.redo, len(resumption.rescore),
+                     f", dropping {resumption.duplicates} duplicate records" if resumption.duplicates else "")
+    system.prepare(loaded)
+    breaker = CircuitBreaker(options.max_consecutive_failures)
+    try:
+        with watch_calls(breaker.call):
+            for task in loaded:
+                _run_task(task, system, options, scorer, breaker, resumptions[task.name], close)
+    except StopRun as stop:
+        return _stop(close, options, run, str(stop))
+    finally:
+        scorer.close()
+    close()
+    run["finished"] = now_iso()
+    write_json_atomically(run_dir / RUN_FILE, run)
     return summarize_run(run_dir, run)
-
-
-def run_info(run_dir: Path) -> dict[str, Any]:
-    """A run's description (run.json)."""
-    return _load_run(run_dir)
-
-
-def find_records(run_dir: Path, sample_id: str, task: str | None = None) -> list[dict[str, Any]]:
-    run = _load_run(run_dir)
-    names = [task] if task else run["tasks"]
-    found = []
-    for name in names:
-        path = samples_file(run_dir, name)
-        if path.is_file():
-            found += [r for r in read_records(path) if r["id"] == sample_id]
-    return found

@@ -33,11 +33,14 @@ class Status:
     DATA_ERROR = "data_error"  # the dataset row could not be turned into a sample
     SYSTEM_ERROR = "system_error"  # an unexpected error inside the system itself
     SCORING_ERROR = "scoring_error"  # the harness failed to score the prediction (a bug: the detail says where)
+    TOOL_SERVER_ERROR = "tool_server_error"  # a tool itself failed (its model or endpoint), not the program's call
 
     ALL = (
         OK, NO_ANSWER, EXCEPTION, TIMEOUT, MEMORY, KILLED, TOOL_ERROR, FORMAT_ERROR,
-        API_ERROR, MISSING, IMAGE_ERROR, DATA_ERROR, SYSTEM_ERROR, SCORING_ERROR,
+        API_ERROR, MISSING, IMAGE_ERROR, DATA_ERROR, SYSTEM_ERROR, SCORING_ERROR, TOOL_SERVER_ERROR,
     )
+    # Outcomes of the infrastructure, not of the model: never scored, never ranked, redone by --resume.
+    INFRASTRUCTURE = (API_ERROR, IMAGE_ERROR, DATA_ERROR, SYSTEM_ERROR, SCORING_ERROR, TOOL_SERVER_ERROR)
 
 
 class AnswerType:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -35,6 +36,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
     refusal: str | None = None
+    trickle: float = 0.0  # seconds between the body's bytes, written one at a time (a slow proxy)
+    drop: bool = False  # hang up without a reply
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -52,6 +55,22 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(raw)
+
+    def send_trickled(self, status: int, data: bytes, headers: dict[str, str], interval: float,
+                      stopping: threading.Event) -> None:
+        """The headers at once, then the body one byte every ``interval`` seconds."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.flush()
+        for index in range(len(data)):
+            self.wfile.write(data[index:index + 1])
+            self.wfile.flush()
+            if stopping.wait(interval):
+                return
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
@@ -78,6 +97,10 @@ class _Handler(JsonHandler):
             # started its next request while this one still counts.
             with server.lock:
                 server.in_flight -= 1
+        if reply.drop:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if reply.body is not None:
             data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
         elif reply.status == 200 and self.path.endswith("/responses"):
@@ -97,7 +120,10 @@ class _Handler(JsonHandler):
             data = json.dumps({"error": {"message": f"scripted failure {reply.status}", "type": "server_error",
                                          "code": None}}).encode()
         try:
-            self.send_json(reply.status, data, reply.headers)
+            if reply.trickle:
+                self.send_trickled(reply.status, data, reply.headers, reply.trickle, server.stopping)
+            else:
+                self.send_json(reply.status, data, reply.headers)
         except OSError:  # the client gave up waiting (timeout tests)
             pass
 

@@ -350,6 +350,21 @@ def test_refuses_an_unfinished_run(tmp_path, capsys):
     assert "was resumed at 2026-02-01T00:00:00+00:00 and has not finished since" in refused(tmp_path, capsys)
 
 
+def test_refuses_an_incomplete_run_unless_allowed(tmp_path, capsys):
+    base, cand = binary_pair(20, 0, 0)
+    write_run(tmp_path / "a", {"vsr": base})
+    write_run(tmp_path / "b", {"vsr": cand})
+    path = tmp_path / "b" / "samples_vsr.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[3].update(status="api_error", scores={"strict": None, "compat": None}, parse="infrastructure")
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summarize_run(tmp_path / "b", json.loads((tmp_path / "b" / "run.json").read_text()))
+    err = refused(tmp_path, capsys)
+    assert "is incomplete (vsr: 1 infrastructure failures (api_error: 1))" in err and "--allow-incomplete" in err
+    assert check("--baseline", tmp_path / "a", "--candidate", tmp_path / "b", "--allow-incomplete") == 0
+    assert "1 shared samples without a strict score in one run or both were left out" in capsys.readouterr().out
+
+
 def test_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     base, _ = binary_pair(20, 0, 0)
     write_run(tmp_path / "a", {"vsr": base})

@@ -286,3 +286,32 @@ def test_detector_converts_an_original_checkpoint_on_first_use(tiny, tmp_path, m
                                   box_threshold=0.0, text_threshold=0.0, label_match="span")
     assert again.detect_batch([(tiny["image"], ["red cube"])]) == found
     assert list((tmp_path / "cache" / "detectors").iterdir()) == converted
+
+
+def test_download_converts_an_original_checkpoint_in_place(tiny, tmp_path, monkeypatch):
+    """`download` leaves a detector copy a run loads directly: no conversion model needed on the GPU node."""
+    import shutil
+
+    from harness.download import Outcome, convert_detectors
+    from harness.requirements import HubRepo
+    from harness.tools.detector import GroundingDinoDetector
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    (data / "org" / "tuned").mkdir(parents=True)
+    shutil.copy(tiny["checkpoint"], data / "org" / "tuned" / "original.pth")
+    shutil.copytree(tiny["source"], data / "org" / "base")
+    needed = [HubRepo("org/tuned", option=("detector", "checkpoint"), needs="config.json"),
+              HubRepo("org/base", option=("detector", "original_config"))]
+    outcome = Outcome()
+    convert_detectors(needed, data, outcome)
+    assert outcome.fetched and not outcome.failed and (data / "org" / "tuned" / "config.json").is_file()
+    assert not list((data / "org" / "tuned").glob(".converting-*"))
+    settings = {"box_threshold": 0.0, "text_threshold": 0.0, "label_match": "span"}
+    local = GroundingDinoDetector(checkpoint=str(data / "org" / "tuned"), **settings)
+    first_use = GroundingDinoDetector(checkpoint=str(tiny["checkpoint"]), original_config=str(tiny["source"]),
+                                      **settings)
+    assert local.detect_batch([(tiny["image"], ["red cube"])]) == first_use.detect_batch([(tiny["image"], ["red cube"])])
+    again = Outcome()
+    convert_detectors(needed, data, again)  # already converted: nothing to do
+    assert not again.fetched and not again.failed

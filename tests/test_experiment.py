@@ -72,11 +72,12 @@ def test_all_is_saved_as_the_tasks_it_selected(tmp_path, monkeypatch):
 
     def fake_evaluate(options, tasks, systems):
         captured["tasks"] = options.tasks
-        return {"results": {}, "higher_is_better": {}, "errors": {}}
+        captured["files"] = options.extra_files  # written by the runner once the run directory is claimed
+        return {"results": {}, "higher_is_better": {}, "errors": {}, "complete": True}
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     assert cli("run", "--system", "reference", "--tasks", "all", "--output-path", tmp_path / "r") == 0
-    saved = yaml.safe_load((tmp_path / "r" / EXPERIMENT_FILE).read_text())
+    saved = yaml.safe_load(captured["files"][EXPERIMENT_FILE])
     assert saved["tasks"].split(",") == captured["tasks"] and len(captured["tasks"]) == 8
 
 
@@ -90,11 +91,14 @@ def sample_value(action: argparse.Action) -> tuple[object, list[str]]:
         return choice, [flag, choice]
     if isinstance(action, argparse._AppendAction):
         return ["one", "two"], [flag, "one", flag, "two"]
-    if action.type is int:
-        return 7, [flag, "7"]
-    if action.type is float or getattr(action.type, "__name__", "") == "parse_limit":
-        return 3.5, [flag, "3.5"]
-    return "some-value", [flag, "some-value"]
+    if action.type in (None, Path):
+        return "some-value", [flag, "some-value"]
+    for token in ("7", "3.5", "some-value"):  # the first text the option's own type accepts
+        try:
+            return action.type(token), [flag, token]
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            continue
+    raise AssertionError(f"no sample value for {flag}")
 
 
 def test_every_run_option_is_a_key_of_the_experiment_file(tmp_path):

@@ -34,7 +34,7 @@ import dataset_fixtures as fx  # noqa: E402
 from harness.tasks import TaskRegistry  # noqa: E402
 from harness.tasks.config import parse_task_config  # noqa: E402
 from harness.tasks.layout import REVISION_FILE, part_files  # noqa: E402
-from harness.tasks.sources import DatasetUnavailableError, _allow_patterns  # noqa: E402
+from harness.tasks.sources import DatasetUnavailableError, allow_patterns  # noqa: E402
 from harness.tasks.task import Task  # noqa: E402
 from harness.types import ImageError, LazyImage  # noqa: E402
 
@@ -104,10 +104,27 @@ def fake_snapshot_download(hub: Path, cache: Path, calls: list):
     return download
 
 
+def fake_listing(hub: Path):
+    """``harness.download.hub_files`` over local repositories: each file with its git blob hash."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from harness.download import RemoteFile, git_blob_sha1
+
+    def listing(repo):
+        folder = hub / repo.repo_id
+        paths = filter_repo_objects(fx.repository_files(folder), allow_patterns=list(repo.allow_patterns or ()) or None)
+        return [RemoteFile(p, (folder / p).stat().st_size, blob_id=git_blob_sha1(folder / p)) for p in paths]
+    return listing
+
+
 @pytest.fixture()
 def fake_hub(hub_root, tmp_path, monkeypatch):
+    import harness.download
+
     calls: list[dict] = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download(hub_root, tmp_path, calls))
+    monkeypatch.setattr(harness.download, "hub_files", fake_listing(hub_root))
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # `download` refuses to start offline; this hub is a folder
     return calls
 
 
@@ -149,7 +166,7 @@ def test_task_loads_from_a_full_copy(name, full_dir, full_samples):
 @pytest.mark.parametrize("name", HUB_TASKS)
 def test_task_loads_from_a_partial_copy(name, hub_root, tmp_path, full_samples):
     spec = REGISTRY.config(name).dataset
-    copied = fx.copy_repository(hub_root / spec.path, tmp_path / spec.path, _allow_patterns(spec))
+    copied = fx.copy_repository(hub_root / spec.path, tmp_path / spec.path, allow_patterns(spec))
     if spec.hub_files:  # the copy really lacks files of the repository
         assert set(copied) < set(fx.repository_files(hub_root / spec.path))
     assert_same_samples(list(REGISTRY.task(name, tmp_path).samples()), full_samples[name])
@@ -171,7 +188,7 @@ def test_task_loads_from_the_hub(name, fake_hub, full_samples):
 def test_partial_blink_lacks_the_first_config_of_its_readme(hub_root, tmp_path):
     """The case that broke: the README declares Art_Style first and its files are not fetched."""
     spec = REGISTRY.config("blink_counting").dataset
-    copied = fx.copy_repository(hub_root / fx.BLINK, tmp_path / fx.BLINK, _allow_patterns(spec))
+    copied = fx.copy_repository(hub_root / fx.BLINK, tmp_path / fx.BLINK, allow_patterns(spec))
     readme = (tmp_path / fx.BLINK / "README.md").read_text()
     assert readme.index("config_name: Art_Style") < readme.index("config_name: Counting")
     assert not any(f.startswith("Art_Style/") for f in copied)
@@ -389,13 +406,13 @@ def test_a_copy_made_with_hub_local_dir_records_its_commit(hub_root, tmp_path, c
 
     spec = REGISTRY.config("countbenchqa").dataset
     root = tmp_path / spec.path
-    for relative in fx.copy_repository(hub_root / spec.path, root, _allow_patterns(spec)):
+    for relative in fx.copy_repository(hub_root / spec.path, root, allow_patterns(spec)):
         write_download_metadata(root, relative, spec.revision, etag="e")
     task = REGISTRY.task("countbenchqa", tmp_path)
     assert task.revision == spec.revision
     assert part_files(root, "test").files[0].endswith("data/test-00000-of-00001.parquet")  # .cache is ignored
 
-    for relative in fx.copy_repository(hub_root / spec.path, root, _allow_patterns(spec)):
+    for relative in fx.copy_repository(hub_root / spec.path, root, allow_patterns(spec)):
         write_download_metadata(root, relative, "f" * 40, etag="e")
     with caplog.at_level(logging.WARNING, logger="harness.tasks.sources"):
         assert REGISTRY.task("countbenchqa", tmp_path).revision == "f" * 40
@@ -433,23 +450,31 @@ def test_task_yaml_revisions_say_where_they_come_from():
 
 # --------------------------------------------------------------------------- offline copies
 
-def test_download_data_makes_partial_copies_that_record_their_commit(fake_hub, tmp_path, capsys):
+def test_download_data_makes_partial_copies_that_record_their_commit(fake_hub, hub_root, tmp_path, capsys):
     from harness.cli import main
 
     data_dir = tmp_path / "data"
+    # `download-data` is the old name of `download`; the GQA images are a manual step, hence exit 1.
     assert main(["download-data", "--tasks", "blink_counting,blink,gqa,countbenchqa", "--data-dir", str(data_dir),
-                 "--check"]) == 0
+                 "--check"]) == 1
     out = capsys.readouterr().out
     blink = REGISTRY.config("blink").dataset
     assert [c["repo_id"] for c in fake_hub] == [fx.BLINK, fx.GRIT, fx.COUNTBENCH]  # BLINK once, for both tasks
-    assert fake_hub[0]["allow_patterns"] == ["Counting/*", "README.md", "Spatial_Relation/*"]
+    wanted = ["Counting/*", "README.md", "Spatial_Relation/*"]
+    from huggingface_hub.utils import filter_repo_objects
+
+    assert sorted(fake_hub[0]["allow_patterns"]) == sorted(
+        filter_repo_objects(fx.repository_files(hub_root / fx.BLINK), allow_patterns=wanted))
     assert fake_hub[0]["revision"] == blink.revision and fake_hub[0]["local_dir"] == str(data_dir / fx.BLINK)
     files = fx.repository_files(data_dir / fx.BLINK)
     assert "Counting/val-00000-of-00001.parquet" in files and not any(f.startswith("Art_Style/") for f in files)
     assert f"blink: 6 samples, revision {blink.revision}" in out
     assert f"countbenchqa: 3 samples, revision {REGISTRY.config('countbenchqa').dataset.revision}" in out
     assert f"gqa: 3 samples, revision {FAKE_HEAD}" in out  # unpinned: the commit the hub served
-    assert f"note: task gqa reads its images from {data_dir / fx.GRIT / 'gqa'}" in out
+    assert f"needs a manual step: images of task gqa: not fetchable here; put them in {data_dir / fx.GRIT / 'gqa'}" in out
+    # Again: everything is there and checked, nothing is fetched a second time.
+    assert main(["download", "--tasks", "blink_counting,blink,countbenchqa", "--data-dir", str(data_dir)]) == 0
+    assert len(fake_hub) == 3
 
 
 def test_tasks_pinning_different_revisions_of_one_repository_are_refused():
@@ -464,14 +489,18 @@ def test_tasks_pinning_different_revisions_of_one_repository_are_refused():
     assert copy.allow_patterns is None and copy.tasks == ["blink", "y"]  # one task reads it whole
 
 
-def test_runs_record_the_revision_they_read(fake_hub, tmp_path):
+def test_runs_record_the_revision_they_read(fake_hub, hub_root, tmp_path):
     """The commit read from the hub, and the one a local copy records, reach run.json and results.json."""
     from harness.cli import main
 
     preds = tmp_path / "preds.jsonl"
     preds.write_text(json.dumps({"id": "0", "prediction": "3"}) + "\n")
     data_dir = tmp_path / "data"
-    assert main(["download-data", "--tasks", "vsr", "--data-dir", str(data_dir)]) == 0
+    images = data_dir / REGISTRY.config("vsr").dataset.path / "images"  # placed by hand: nothing to fetch
+    images.mkdir(parents=True)
+    for line in (hub_root / REGISTRY.config("vsr").dataset.path / "dev.jsonl").read_text().splitlines():
+        (images / json.loads(line)["image"]).write_bytes(b"")
+    assert main(["download", "--tasks", "vsr", "--data-dir", str(data_dir)]) == 0
     for task, args in (("countbenchqa", []), ("vsr", ["--data-dir", str(data_dir)])):
         out = tmp_path / f"run-{task}"
         assert main(["run", "--system", "predictions", "--predictions", str(preds), "--tasks", task,

@@ -27,7 +27,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def write_results(run_dir: Path, system: str, scores: dict[str, tuple[float, float]], *, label: str | None = None,
                   date: str = "2025-06-01T12:00:00+00:00", limit: float | None = None, n: int = 100,
-                  size: int | None = 100, half_width: float = 0.05, protocol: str | None = None) -> Path:
+                  size: int | None = 100, half_width: float = 0.05, protocol: str | None = None,
+                  incomplete: list[str] | None = None) -> Path:
     """A results.json in the layout `python -m harness run` writes: per task (strict, compat) fractions."""
     run_dir.mkdir(parents=True)
     results = {task: {"alias": task, "n": n, "n_scored": n,
@@ -42,6 +43,8 @@ def write_results(run_dir: Path, system: str, scores: dict[str, tuple[float, flo
             "task_hashes": {}, "date": date}
     if protocol is not None:
         data["protocol"] = protocol
+    if incomplete is not None:
+        data.update(complete=not incomplete, incomplete=incomplete)
     (run_dir / "results.json").write_text(json.dumps(data))
     return run_dir
 
@@ -311,3 +314,34 @@ def test_paper_tables_take_a_paper_protocol_run_and_every_cell_says_its_protocol
     assert ",paper\n" in to_csv(paper_table(paper, "1", index)).replace("\r", "")
     scoring = scoring_table(index)  # our own tables: the newest run, whatever its protocol
     assert any(c.protocol == "harness" for r in scoring.rows for c in r.cells)
+
+
+def test_incomplete_runs_are_never_ranked_unless_asked_and_competing_runs_are_named(tmp_path, paper):
+    root = tmp_path / "r"
+    older = write_results(root / "older", "valor", {"countbenchqa": (0.60, 0.61)}, incomplete=[],
+                          date="2025-01-01T00:00:00+00:00", protocol="paper")
+    broken = write_results(root / "broken", "valor", {"countbenchqa": (0.10, 0.10)}, protocol="paper",
+                           incomplete=["countbenchqa: 90 infrastructure failures (api_error: 90)"])
+    legacy = write_results(root / "legacy", "valor-rl", {"countbenchqa": (0.20, 0.20)}, protocol="paper")
+    data = json.loads((legacy / "results.json").read_text())  # a results file from before "complete" existed
+    data["results"]["countbenchqa"]["status_counts"] = {"ok": 50, "api_error": 50}
+    (legacy / "results.json").write_text(json.dumps(data))
+    index = RunIndex.from_folders([root])
+    assert {run.directory for run in index.skipped} == {broken, legacy}
+    table = paper_table(paper, "1", index)
+    used = cell(table, "valor", "countbenchqa")
+    assert used.ours == pytest.approx(60.0) and used.run == str(older) and not used.limited
+    assert cell(table, "valor-rl", "countbenchqa").ours is None  # its only run is incomplete
+    # asked for: an incomplete run is used only after complete ones, flagged, and the competitors are named
+    index = RunIndex.from_folders([root], include_incomplete=True)
+    table = paper_table(paper, "1", index)
+    assert cell(table, "valor", "countbenchqa").run == str(older)
+    assert any(f"valor on countbenchqa: 2 runs matched; used {older}; not used: {broken}" in note
+               for note in table.notes)
+    flagged = cell(table, "valor-rl", "countbenchqa")
+    assert flagged.limited and any("an incomplete run (countbenchqa: 50 infrastructure failures)" in note
+                                   for note in table.notes)
+    out = tmp_path / "board"
+    assert main(["leaderboard", "--results", str(root), "--out", str(out)]) == 0
+    index_page = (out / "README.md").read_text()
+    assert "2 incomplete runs not used" in index_page and str(broken) in index_page

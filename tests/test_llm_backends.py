@@ -539,8 +539,18 @@ class _StubModels:
                 self.in_flight -= 1
 
 
+class _ThreadedStubModels:
+    """client.aio.models over a sync stub: each call runs the stub on a worker thread."""
+
+    def __init__(self, models: _StubModels) -> None:
+        self.models = models
+
+    async def generate_content(self, **request):
+        return await asyncio.to_thread(self.models.generate_content, **request)
+
+
 def _gemini(models: _StubModels, **options: Any) -> GeminiChat:
-    client = pytypes.SimpleNamespace(models=models)
+    client = pytypes.SimpleNamespace(models=models, aio=pytypes.SimpleNamespace(models=_ThreadedStubModels(models)))
     return GeminiChat("gemini-2.5-flash", client=client, backoff_s=0.01, max_backoff_s=0.02, **options)
 
 

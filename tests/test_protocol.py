@@ -380,10 +380,11 @@ def test_a_paper_run_records_its_protocol_everywhere(paper_upstream, tmp_path, c
     assert "protocol:    paper" in capsys.readouterr().out
     assert main(["report", str(out)]) == 0
     assert "paper (headline score: paper-compatible)" in (out / "report.html").read_text()
-    # the harness protocol would not run these programs: `img_pth` is the image handle there
+    # under the harness protocol the request differs, so the scripted model has no reply for it: an
+    # infrastructure failure (exit code 3), recorded under the run's protocol
     assert main(["run", "--system", "scripted-paper", "--tasks", "synthetic_small", "--limit", "2",
                  "--include-path", str(include), "--output-path", str(tmp_path / "other"),
-                 "--protocol", "harness"]) == 0
+                 "--protocol", "harness"]) == 3
     assert json.loads((tmp_path / "other" / "run.json").read_text())["protocol"] == "harness"
 
 

@@ -121,13 +121,21 @@ def test_bad_rows_and_failing_samples_are_statuses_and_the_run_goes_on(tmp_path)
     include, data = write_toy_task(tmp_path, n=12, broken_rows=(4,))
     write_system(include, "oracle", "toy:SlowOracle", delay=0.0, fail_on="6")
     out = tmp_path / "run"
+    # Both failures are the infrastructure's (a broken row, a crash inside the system): the run
+    # goes on, records them unscored, and says it is incomplete with exit code 3.
     assert run_cli("run", "--system", "oracle", "--tasks", "toy_counting", "--data-dir", data,
-                   "--include-path", include, "--output-path", out) == 0
+                   "--include-path", include, "--output-path", out) == 3
     rec = records(out)
     assert len(rec) == 12
     assert rec["4"]["status"] == "data_error" and "sample 4" in rec["4"]["detail"] and "'answer'" in rec["4"]["detail"]
     assert rec["6"]["status"] == "system_error" and "deliberate failure on 6" in rec["6"]["detail"]
+    assert rec["6"]["scores"] == {"strict": None, "compat": None} and rec["6"]["parse"] == "infrastructure"
     assert rec["2"]["scores"]["strict"] == 1.0 and rec["3"]["scores"]["strict"] == 0.0
+    results = json.loads((out / "results.json").read_text())
+    task = results["results"]["toy_counting"]
+    assert not results["complete"] and results["infrastructure_failures"] == 2
+    assert task["infrastructure_counts"] == {"data_error": 1, "system_error": 1} and task["n_scored"] == 10
+    assert task["accuracy,strict"] == pytest.approx(4 / 10)  # over the model's outcomes only
 
 
 def test_training_only_task_is_refused(tmp_path, capsys):
@@ -149,7 +157,7 @@ def test_existing_run_needs_resume_and_resume_refuses_changed_settings(toy, caps
     assert "--resume" in capsys.readouterr().err
     assert run_cli(*base, "--limit", "5", "--seed", "7", "--resume") == 2
     err = capsys.readouterr().err
-    assert "seed" in err and "differ" in err
+    assert "seed (1234 before, 7 now)" in err and "changed since the run started" in err
     assert run_cli(*base, "--limit", "5", "--resume") == 0
     assert len(records(out)) == 5
 

@@ -413,13 +413,23 @@ def test_record_without_answers_is_not_scored():
     assert record["extracted"] is None and record["judge"] is None
 
 
-@pytest.mark.parametrize("status", [s for s in Status.ALL if s != Status.OK])
+@pytest.mark.parametrize("status", [s for s in Status.ALL if s != Status.OK and s not in Status.INFRASTRUCTURE])
 def test_record_failed_status(status):
-    # a failed sample keeps its prediction out of strict scoring, whatever it holds
+    # a sample the model failed keeps its prediction out of strict scoring, whatever it holds
     record = score_record(make_record(AnswerType.INTEGER, 0, "0", status=status), None, ForbiddenJudge())
     assert record["scores"] == {"strict": 0.0, "compat": 0.0}
     assert record["parse"] == Parse.NO_PREDICTION
     assert record["extracted"] is None and record["judge"] is None
+
+
+@pytest.mark.parametrize("status", Status.INFRASTRUCTURE)
+@pytest.mark.parametrize("compat", [None, "tallyqa", "judge"])
+def test_infrastructure_failures_are_never_scored(status, compat):
+    # not the model's failure: no score at all, under any rule (a TallyQA crash would read as 0 otherwise)
+    record = score_record(make_record(AnswerType.INTEGER, 0, "0", status=status), compat, ForbiddenJudge(),
+                          ForbiddenJudge())
+    assert record["scores"] == {"strict": None, "compat": None}
+    assert record["parse"] == Parse.INFRASTRUCTURE and "paper_judge" not in record
 
 
 @pytest.mark.parametrize("status", [Status.EXCEPTION, Status.TIMEOUT, Status.NO_ANSWER, Status.MISSING])
@@ -728,7 +738,7 @@ def test_llm_judge_verdicts_and_prompt():
 def test_llm_judge_unreadable_reply_is_a_judge_error():
     judge = LLMJudge("fake", ScriptedComplete("The candidate is probably right."))
     record = score_record(make_record(AnswerType.OPEN, "a red car", "red car"), "judge", judge)
-    assert record["scores"] == {"strict": 0.0, "compat": 0.0}
+    assert record["scores"] == {"strict": None, "compat": None}  # no verdict is not a 0
     assert record["parse"] == Parse.JUDGE_ERROR
     assert record["judge"]["score"] is None
     assert record["judge"]["error"] == "unreadable verdict: 'The candidate is probably right.'"
@@ -738,7 +748,7 @@ def test_llm_judge_exception_is_a_judge_error_with_its_text():
     judge = LLMJudge("fake", ScriptedComplete(ConnectionError("endpoint refused the connection")))
     record = score_record(make_record(AnswerType.OPEN, "a red car", "red car"), "judge", judge)
     assert record["parse"] == Parse.JUDGE_ERROR
-    assert record["scores"] == {"strict": 0.0, "compat": 0.0}
+    assert record["scores"] == {"strict": None, "compat": None}
     assert record["judge"]["error"] == "ConnectionError: endpoint refused the connection"
     assert record["extracted"] is None
 
@@ -867,7 +877,7 @@ def test_llm_judge_over_http_error_is_reported(chat_server, tmp_path):
                            Reply(content="1")]
     record = score_record(make_record(AnswerType.OPEN, "two mugs", "2 mugs"), "judge", judge)
     assert record["parse"] == Parse.JUDGE_ERROR
-    assert record["scores"] == {"strict": 0.0, "compat": 0.0}
+    assert record["scores"] == {"strict": None, "compat": None}
     assert record["judge"]["error"].startswith("BackendError: judge-7b at ")
     assert "HTTP 400" in record["judge"]["error"] and "after 1 attempt" in record["judge"]["error"]
     assert "model judge-7b does not exist" in record["judge"]["error"]

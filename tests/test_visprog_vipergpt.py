@@ -559,11 +559,12 @@ def write_system(include: Path, name: str, kind: str, script: Path) -> None:
         f"  tools: oracle\n  concurrency: 2\n  limits: {{wall_seconds: 20, cpu_seconds: 10}}\n")
 
 
-def run_cli(include: Path, data: Path, system: str, out: Path) -> tuple[dict, list[dict]]:
+def run_cli(include: Path, data: Path, system: str, out: Path, code: int = 0) -> tuple[dict, list[dict]]:
+    """A run's results and records; ``code``: the exit code it must end with (3: infrastructure failures)."""
     from harness.cli import main
 
     assert main(["run", "--system", system, "--tasks", "synthetic_mini", "--include-path", str(include),
-                 "--data-dir", str(data), "--output-path", str(out), "--log-samples"]) == 0
+                 "--data-dir", str(data), "--output-path", str(out), "--log-samples"]) == code
     results = json.loads((out / "results.json").read_text())["results"]["synthetic_mini"]
     records = [json.loads(line) for line in (out / "samples_synthetic_mini.jsonl").read_text().splitlines()]
     return results, records
@@ -624,7 +625,7 @@ def test_failures_get_their_statuses(mini_benchmark, tmp_path):
         system = f"{kind}-broken"
         write_system(include, system, kind, script)
         try:
-            _, records = run_cli(include, data, system, tmp_path / kind)
+            _, records = run_cli(include, data, system, tmp_path / kind, code=3)  # the api_error
         finally:
             (include / f"{system}.yaml").unlink()
         by_question = {record["question"]: record for record in records}

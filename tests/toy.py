@@ -57,6 +57,7 @@ class SlowOracle(System):
     """Answers the gold for even ids and gold + 1 for odd ones, after a delay."""
 
     kind = "slow_oracle"
+    reads_images = False  # it answers from the gold, so the toy task's images need not exist
 
     def predict_one(self, sample: Sample) -> Prediction:
         time.sleep(float(self.params.get("delay", 0.0)))

@@ -14,9 +14,11 @@ import asyncio
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from harness.backends.messages import Message, parse_messages
+from harness.requirements import HubRepo, Requirement
 
 _T = TypeVar("_T")
 
@@ -46,6 +48,12 @@ class ChatBackend(abc.ABC):
     # start thousands of threads. Created on first use.
     async_threads: int = 16
     _async_workers: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """What a backend of this kind built with ``options`` needs (packages, a GPU, key variables,
+        an endpoint, model weights), checked before a run starts; ``purpose`` says who uses it."""
+        return []
 
     @property
     @abc.abstractmethod
@@ -114,28 +122,6 @@ class ChatBackend(abc.ABC):
         tell whether a call is deterministic. Empty: nothing is known."""
         return {}
 
-    def _complete_concurrently(self, requests: list[list[Message]], sampling: Mapping[str, Any],
-                               workers: int) -> list[str | BackendError]:
-        """``complete`` for each request on up to ``workers`` threads, replies in order.
-
-        Messages are checked first, so a malformed request fails the call before
-        anything is sent rather than after some requests were paid for.
-        """
-        for messages in requests:
-            parse_messages(messages)
-
-        def one(messages: list[Message]) -> str | BackendError:
-            try:
-                return self.complete(messages, **sampling)
-            except BackendError as exc:
-                return exc
-
-        if len(requests) <= 1 or workers <= 1:
-            return [one(messages) for messages in requests]
-        with ThreadPoolExecutor(max_workers=min(workers, len(requests)),
-                                thread_name_prefix=type(self).__name__) as pool:
-            return list(pool.map(one, requests))
-
     def close(self) -> None:
         """Release connections or models."""
 
@@ -144,6 +130,20 @@ class ChatBackend(abc.ABC):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+# The files of a model repository a run reads (weights, configs, tokenizers, chat templates): not
+# its other formats (.bin, .onnx, .gguf) or pictures.
+MODEL_FILES = ("*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken", "*.jinja", "*.pth", "*.pt")
+
+
+def model_weights(name: Any, purpose: str, option: tuple[str, ...], revision: Any = None,
+                  revision_option: tuple[str, ...] = (), **extra: Any) -> list[Requirement]:
+    """The hub repository a model option names, or nothing when it names a local folder."""
+    if not isinstance(name, str) or not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return []
+    return [HubRepo(name, "model", revision if isinstance(revision, str) else None, MODEL_FILES, purpose=purpose,
+                    option=option, revision_option=revision_option, **extra)]
 
 
 class BatchChatBackend(ChatBackend):

@@ -18,6 +18,7 @@ from harness.backends.base import BackendError
 from harness.backends.messages import Message, parse_messages, png_bytes
 from harness.backends.remote import RemoteChatBackend
 from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
+from harness.requirements import Endpoint, EnvVar, Package, Requirement
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +115,17 @@ class GeminiChat(RemoteChatBackend):
 
     Retries as :class:`~harness.backends.openai_chat.OpenAIChat`: at most
     ``1 + max_retries`` requests per call; HTTP 408, 409, 429, any 5xx, timeouts
-    (``timeout_s``) and connection failures are retried after the wait the
-    server asks for (``retry-after`` or Google's ``RetryInfo``), else after an
-    exponential backoff with jitter. The SDK's own retries are switched off so
-    that attempts are counted here. At most ``max_concurrency`` requests are in
-    flight; ``complete_many`` uses them all. ``requests_per_minute`` (None:
-    unlimited) paces requests on the client's side. ``acomplete`` and
-    ``acomplete_many`` go through the SDK's async client (``client.aio``), under
-    the same retries. ``base_url`` points the SDK at a gateway or proxy;
-    ``client`` replaces the SDK client (tests).
+    (each request has ``timeout_s`` in all) and connection failures are retried
+    after the wait the server asks for (``retry-after`` or Google's
+    ``RetryInfo``), else after an exponential backoff with jitter. The SDK's own
+    retries are switched off so that attempts are counted here. Every request
+    goes through the SDK's async client (``client.aio``): from the caller's
+    event loop for ``acomplete``, from the backend's own loop thread for
+    ``complete``, so a request past its deadline is cancelled, not abandoned.
+    At most ``max_concurrency`` requests are in flight per loop;
+    ``complete_many`` uses them all. ``requests_per_minute`` (None: unlimited)
+    paces requests on the client's side. ``base_url`` points the SDK at a
+    gateway or proxy; ``client`` replaces the SDK client (tests).
     """
 
     def __init__(self, model: str, api_key_env: str | None = None, vertexai: bool = False,
@@ -170,16 +173,33 @@ class GeminiChat(RemoteChatBackend):
                              "or vertexai=True with a project and a location")
         return genai.Client(api_key=key, http_options=http)
 
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """google-genai, and the Gemini API's key, or Vertex AI's project, location and credentials."""
+        needed: list[Requirement] = [Package("google.genai", 'pip install -e ".[api]"', purpose)]
+        if options.get("vertexai"):
+            for option, variable in (("project", "GOOGLE_CLOUD_PROJECT"), ("location", "GOOGLE_CLOUD_LOCATION")):
+                if not options.get(option):
+                    needed.append(EnvVar((variable,), purpose, f"export {variable}=... (or set the backend's "
+                                                                f"{option})"))
+            adc = os.path.expanduser("~/.config/gcloud/application_default_credentials.json")
+            if not os.path.isfile(adc):
+                needed.append(EnvVar(("GOOGLE_APPLICATION_CREDENTIALS",), purpose,
+                                     "export GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account.json, or run "
+                                     "`gcloud auth application-default login`"))
+            location = options.get("location") or os.environ.get("GOOGLE_CLOUD_LOCATION") or "us-central1"
+            url = options.get("base_url") or f"https://{location}-aiplatform.googleapis.com"
+        else:
+            names = (options["api_key_env"],) if options.get("api_key_env") else DEFAULT_KEY_ENVS
+            needed.append(EnvVar(tuple(names), purpose, f"export {names[0]}=<your Gemini API key>"))
+            url = options.get("base_url") or "https://generativelanguage.googleapis.com"
+        needed.append(Endpoint(str(url), purpose))
+        return needed
+
     @property
     def fingerprint(self) -> str:
         settings = {k: v for k, v in self._settings.items() if v is not None}
         return f"genai:{self.model}|{json.dumps(settings, sort_keys=True, default=str)}"
-
-    def complete(self, messages: list[Message], **sampling: Any) -> str:
-        contents, config = build_genai_request(messages, sampling, self._settings)
-        response, attempt = self._call_with_retries(
-            lambda: self._client.models.generate_content(model=self.model, contents=contents, config=config))
-        return self._reply_text(response, attempt)
 
     async def acomplete(self, messages: list[Message], **sampling: Any) -> str:
         contents, config = build_genai_request(messages, sampling, self._settings)

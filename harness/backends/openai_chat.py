@@ -1,6 +1,7 @@
 """Chat completions from any OpenAI-compatible endpoint (OpenAI, Gemini's
-compatibility endpoint, ``vllm serve``): the SDK from threads, plain httpx2
-from asyncio code, both retried alike by :class:`~harness.backends.remote.RemoteChatBackend`.
+compatibility endpoint, ``vllm serve``): the request the SDK would send, sent
+with plain httpx2 from an event loop (the caller's, or for plain code the
+backend's own), retried and bounded by :class:`~harness.backends.remote.RemoteChatBackend`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from harness.backends.base import BackendError
 from harness.backends.messages import Message, Turn, image_data_uri, parse_messages
 from harness.backends.remote import RemoteChatBackend
 from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
+from harness.requirements import Endpoint, EnvVar, Requirement, is_local_url
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the OpenAI SDK's default
 
 
 def _error_detail(exc: Any) -> str:
@@ -105,24 +109,25 @@ class OpenAIChat(RemoteChatBackend):
     ``mm_processor_kwargs``) are merged into ``extra_body`` so they still reach
     the server.
 
-    Retries: every call makes at most ``1 + max_retries`` requests. A timeout
-    (``timeout_s`` per request), a connection failure, HTTP 408, 409, 429 or any
-    5xx is retried after the wait the server asks for (``retry-after-ms`` or
-    ``retry-after``), or else after an exponential backoff with jitter:
-    ``backoff_s * 2**(n-1)`` capped at ``max_backoff_s``, times a random factor
-    in [0.5, 1]. A server asking for more than ``max_retry_after_s`` is not
-    waited for. Other statuses, and replies that are not a chat completion with
-    text, fail at once. At most ``max_concurrency`` requests of this backend
-    are in flight at any time, whatever the number of calling threads;
-    ``complete_many`` sends its requests on that many threads at once.
-    ``requests_per_minute`` (None: unlimited) paces them on the client's side.
+    Retries: every call makes at most ``1 + max_retries`` requests. A request
+    still unanswered ``timeout_s`` after it started (connecting, sending and
+    reading the whole reply: a server trickling its reply does not extend it),
+    a connection failure, HTTP 408, 409, 429 or any 5xx is retried after the
+    wait the server asks for (``retry-after-ms`` or ``retry-after``), or else
+    after an exponential backoff with jitter: ``backoff_s * 2**(n-1)`` capped
+    at ``max_backoff_s``, times a random factor in [0.5, 1]. A server asking
+    for more than ``max_retry_after_s`` is not waited for. Other statuses, and
+    replies that are not a chat completion with text, fail at once.
 
-    ``acomplete`` and ``acomplete_many`` send the same request with plain httpx2
-    (the SDK's own HTTP library) from the running event loop: no thread per
-    request, no SDK models, small connection pools (:class:`_PooledClients`).
-    That takes about a third of the CPU time per request of the SDK's
-    ``AsyncOpenAI``, so that even 2 cores keep hundreds of requests in flight.
-    They retry, time out, bound (per loop) and word failures as ``complete`` does.
+    Requests go out with plain httpx2 (the SDK's own HTTP library), built as the
+    SDK builds them, from the running event loop (``acomplete``,
+    ``acomplete_many``) or, for ``complete`` and ``complete_many``, from the
+    backend's own loop thread: no thread per request, no SDK models, small
+    connection pools (:class:`_PooledClients`). That takes about a third of the
+    CPU time per request of the SDK's ``AsyncOpenAI``, so that even 2 cores keep
+    hundreds of requests in flight. At most ``max_concurrency`` requests are in
+    flight per event loop (all threads share the backend's loop);
+    ``requests_per_minute`` (None: unlimited) paces them on the client's side.
 
     ``seed`` (here or per call) is sent when set; servers that honour it
     (vLLM, OpenAI on a best-effort basis) then sample reproducibly.
@@ -174,6 +179,18 @@ class OpenAIChat(RemoteChatBackend):
                                                                **self._client.auth_headers}.items()
                                if isinstance(value, str) and not name.lower().startswith("x-stainless")}
         self._ssl_context: Any = None  # made once, on the first loop's first async call
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """A key in ``api_key_env`` (a hosted API; a server on this machine takes any key) and an
+        endpoint that accepts connections."""
+        base_url = options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        needed: list[Requirement] = []
+        if not is_local_url(base_url):
+            variable = options.get("api_key_env") or "OPENAI_API_KEY"
+            needed.append(EnvVar((variable,), purpose, f"export {variable}=<your API key>"))
+        needed.append(Endpoint(str(base_url), purpose))
+        return needed
 
     @property
     def fingerprint(self) -> str:
@@ -239,18 +256,6 @@ class OpenAIChat(RemoteChatBackend):
 
     # ------------------------------------------------------------------ call
 
-    def complete(self, messages: list[Message], **sampling: Any) -> str:
-        key, wire = self._wire(messages)
-        fields = self._request_fields(sampling)
-        endpoint = self._client.responses if self.api == "responses" else self._client.chat.completions
-
-        def send() -> tuple[str, int]:
-            raw = endpoint.with_raw_response.create(model=self.model, **{key: wire}, **fields)
-            return raw.text, raw.status_code
-
-        (body, status), attempt = self._call_with_retries(send)
-        return self._reply_text(body, status, attempt)
-
     async def acomplete(self, messages: list[Message], **sampling: Any) -> str:
         request = self._http_request(messages, sampling)
         clients = cast(_PooledClients, (await self._loop_state()).transport)
@@ -278,16 +283,13 @@ class OpenAIChat(RemoteChatBackend):
 
     def _failure(self, exc: Exception) -> AttemptFailure | None:
         import httpx2
-        import openai
 
-        if isinstance(exc, (openai.APIStatusError, _ErrorStatus)):
+        if isinstance(exc, _ErrorStatus):
             status = exc.status_code
             hint = f"; no API key was found in ${self.api_key_env}" if status == 401 and self._no_key else ""
             return AttemptFailure.http(status, _error_detail(exc), retry_after_seconds(exc.response.headers), hint)
-        if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+        if isinstance(exc, httpx2.TimeoutException):
             return AttemptFailure.timeout(self.timeout_s)
-        if isinstance(exc, openai.APIConnectionError):  # after its subclass APITimeoutError
-            return AttemptFailure.connection(exc.__cause__ or exc)
         if isinstance(exc, httpx2.ConnectError):
             # The async stack says only "All connection attempts failed"; the
             # reason (refused, unreachable, unknown host) is the innermost cause.

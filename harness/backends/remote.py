@@ -1,26 +1,79 @@
-"""The plumbing every remote backend shares: retried, bounded and paced calls
-from threads and from asyncio code, and connections kept per event loop.
+"""The plumbing every remote backend shares: retried, deadline-bounded and paced
+calls from threads and from asyncio code, connections kept per event loop, and
+the interruption of every request in flight.
 
 A subclass of :class:`RemoteChatBackend` (:mod:`harness.backends.openai_chat`,
-:mod:`harness.backends.genai`) sends one request; this module retries it under
-its :class:`~harness.backends.retry.RetryPolicy`.
+:mod:`harness.backends.genai`) sends one request as a coroutine; this module
+bounds each attempt by a total deadline and retries it under its
+:class:`~harness.backends.retry.RetryPolicy`. Calls from plain code run on the
+backend's own event-loop thread, so that they too can be cancelled mid-request:
+a server that trickles its reply one byte at a time cannot hold a request past
+its deadline, and :func:`interrupt_requests` (Ctrl-C) ends them all at once.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
+import os
 import threading
-import time
+import weakref
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Protocol, TypeVar
 
 from harness.backends.base import BackendError, ChatBackend
-from harness.backends.messages import Message
+from harness.backends.messages import Message, parse_messages
 from harness.backends.retry import AttemptFailure, RateLimiter, RetryPolicy, attempt_count
 
 _T = TypeVar("_T")
+
+# Set by interrupt_requests(): no request starts or retries until reset_interrupt().
+_INTERRUPTED = threading.Event()
+# Every backend whose event-loop thread may hold requests in flight.
+_LIVE: "weakref.WeakSet[RemoteChatBackend]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+# Called with (endpoint, None) after each call that got a reply and (endpoint, error) after each
+# that failed for good: a run's circuit breaker listens (see watch_calls).
+_WATCHERS: list[Callable[[str, BackendError | None], None]] = []
+
+
+@contextlib.contextmanager
+def watch_calls(watcher: Callable[[str, BackendError | None], None]) -> Iterator[None]:
+    """Tell ``watcher`` the outcome of every remote call while the block runs."""
+    _WATCHERS.append(watcher)
+    try:
+        yield
+    finally:
+        _WATCHERS.remove(watcher)
+
+
+def _tell_watchers(endpoint: str, error: BackendError | None) -> None:
+    for watcher in list(_WATCHERS):
+        watcher(endpoint, error)
+
+
+def interrupt_requests() -> None:
+    """Cancel every request of every remote backend in flight on their own loops, and
+    refuse new ones (each fails at once with a BackendError saying so) until
+    :func:`reset_interrupt`. Safe to call from a signal handler."""
+    _INTERRUPTED.set()
+    with _LIVE_LOCK:
+        backends = list(_LIVE)
+    for backend in backends:
+        backend._cancel_in_flight()
+
+
+def reset_interrupt() -> None:
+    _INTERRUPTED.clear()
+
+
+def interrupted() -> bool:
+    return _INTERRUPTED.is_set()
 
 
 class AsyncTransport(Protocol):
@@ -43,13 +96,60 @@ class _LoopState:
 async def _close_with_the_loop(transport: AsyncTransport) -> AsyncIterator[None]:
     """Stays suspended for the life of an event loop. Loops close unfinished async
     generators when they shut down (``asyncio.run`` ends with
-    ``loop.shutdown_asyncgens()``), and a loop that is still running closes one
-    that is dropped: either way ``transport`` is closed while its loop can still
-    run the close, instead of leaving its sockets to the garbage collector."""
+    ``loop.shutdown_asyncgens()``, as does the backend's own loop thread), and a
+    loop that is still running closes one that is dropped: either way
+    ``transport`` is closed while its loop can still run the close, instead of
+    leaving its sockets to the garbage collector."""
     try:
         yield
     finally:
         await transport.aclose()
+
+
+class _LoopThread:
+    """An event loop running on a daemon thread, for a backend's calls from plain code."""
+
+    def __init__(self, name: str) -> None:
+        self.pid = os.getpid()  # a forked child gets a copy of the object but not the thread
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            try:
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            finally:
+                self.loop.close()
+
+    def submit(self, coroutine: Coroutine[Any, Any, _T]) -> "concurrent.futures.Future[_T]":
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def cancel_all(self) -> None:
+        def cancel() -> None:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+
+        if not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(cancel)
+            except RuntimeError:  # closed in between
+                pass
+
+    def stop(self) -> None:
+        if self._thread is threading.current_thread():
+            self.loop.stop()
+            return
+        self.cancel_all()
+        if not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:
+                pass
+        self._thread.join(timeout=10)
 
 
 def _policy_setting(name: str) -> property:
@@ -61,17 +161,23 @@ class RemoteChatBackend(ChatBackend):
 
     A subclass sets ``_where`` (the model and endpoint, for messages) and
     ``_settings`` (its request defaults, which a call's sampling overlays),
-    sends one request through :meth:`_call_with_retries` (``complete``) and
-    :meth:`_acall_with_retries` (``acomplete``), which retry alike, and says in
-    :meth:`_failure` how its client's exceptions read. ``complete_many`` sends
-    its requests on ``max_concurrency`` threads at once, ``acomplete_many`` as
-    that many concurrent requests of the running event loop; replies in order.
+    implements ``acomplete`` with one request sent through
+    :meth:`_acall_with_retries`, and says in :meth:`_failure` how its client's
+    exceptions read. Every attempt has a total deadline of ``timeout_s``
+    (connecting, sending and reading the whole reply), after which it is
+    cancelled and counts as a timeout.
 
-    ``max_concurrency`` bounds the requests of all threads together, and
-    separately those of each event loop (asyncio primitives belong to one
-    loop): one backend serves several ``asyncio.run`` calls, or loops of
-    different threads, each with its own slots and connections. The rate limit
-    (``requests_per_minute``) is one bucket for all of them.
+    ``complete`` and ``complete_many`` run the same coroutines on the backend's
+    own event-loop thread (started on first use) and wait for them: one code
+    path, the same deadlines, and cancellation for plain code as for asyncio
+    code. ``complete_many`` sends all its requests at once, ``max_concurrency``
+    in flight, replies in order.
+
+    ``max_concurrency`` bounds the requests of each event loop (asyncio
+    primitives belong to one loop): the backend's own loop, serving every
+    thread, and any loop that awaits ``acomplete`` directly, each with its own
+    slots and connections. The rate limit (``requests_per_minute``) is one
+    bucket for all of them.
     """
 
     _where: str
@@ -88,10 +194,15 @@ class RemoteChatBackend(ChatBackend):
 
     def __init__(self, retry: RetryPolicy) -> None:
         self.retry = retry
-        self._slots = threading.BoundedSemaphore(retry.max_concurrency)
         self._rate = RateLimiter(retry.requests_per_minute) if retry.requests_per_minute is not None else None
         self._loops: dict[int, _LoopState] = {}  # by id(loop)
         self._loops_lock = threading.Lock()
+        self._own_loop: _LoopThread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The model and where it is served, as failures name it."""
+        return self._where
 
     def default_sampling(self) -> dict[str, Any]:
         return dict(self._settings)
@@ -100,57 +211,95 @@ class RemoteChatBackend(ChatBackend):
         """Seconds to wait after failed attempt ``attempt``: see :func:`exponential_backoff`."""
         return self.retry.backoff_delay(attempt)
 
+    # ------------------------------------------------------------------ calls from plain code
+
+    def complete(self, messages: list[Message], **sampling: Any) -> str:
+        parse_messages(messages)
+        return self._wait(self.acomplete(messages, **sampling))
+
     def complete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
         """All requests at once, ``max_concurrency`` in flight, replies in order."""
-        return self._complete_concurrently(requests, sampling, self.retry.max_concurrency)
+        for messages in requests:
+            parse_messages(messages)
+        if not requests:
+            return []
+        try:
+            return self._wait(self.acomplete_many(requests, **sampling))
+        except BackendError as exc:  # the whole batch was cancelled (interrupted): each request failed
+            return [exc] * len(requests)
+
+    def _wait(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coroutine`` on the backend's loop thread and wait for its result. An
+        interrupted wait (Ctrl-C in the main thread) cancels it; a call cancelled by
+        :func:`interrupt_requests` fails with a BackendError."""
+        loop = self._loop_thread()
+        future = loop.submit(coroutine)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise BackendError(f"{self._where}: the request was cancelled (interrupted)") from None
+        except BaseException:
+            future.cancel()
+            raise
+
+    def _loop_thread(self) -> _LoopThread:
+        with self._loops_lock:
+            if self._own_loop is None or self._own_loop.pid != os.getpid():
+                self._own_loop = _LoopThread(f"{type(self).__name__}-requests")
+                with _LIVE_LOCK:
+                    _LIVE.add(self)
+            return self._own_loop
+
+    def _cancel_in_flight(self) -> None:
+        own = self._own_loop
+        if own is not None and own.pid == os.getpid():
+            own.cancel_all()
+
+    # ------------------------------------------------------------------ one call, retried
 
     @abc.abstractmethod
     def _failure(self, exc: Exception) -> AttemptFailure | None:
         """How a request's exception reads; None for one that is not a failed
         request (a bug, an interrupted call), which is raised as it is."""
 
-    def _call_with_retries(self, send: Callable[[], _T]) -> tuple[_T, int]:
-        """``send()``'s result and the attempt (1-based) that got it; BackendError
-        once the failures are final or the attempts are spent."""
-        attempt = 0
-        while True:  # _retry_delay raises once the attempts are spent
-            attempt += 1
-            try:
-                # A slot is held per request, not across backoff sleeps, so a
-                # waiting call does not keep others from the endpoint. The rate
-                # is paced inside the slot, so requests leave when they are paced.
-                with self._slots:
-                    if self._rate is not None:
-                        time.sleep(self._rate.reserve())
-                    return send(), attempt
-            except Exception as exc:
-                failure = self._failure(exc)
-                if failure is None:
-                    raise
-                delay = self._retry_delay(failure, exc, attempt)
-            time.sleep(delay)
-
     async def _acall_with_retries(self, send: Callable[[], Awaitable[_T]]) -> tuple[_T, int]:
-        """:meth:`_call_with_retries` for asyncio code: the same attempts, waits and
-        errors, holding one of the running loop's ``max_concurrency`` slots per
-        request and sleeping without blocking the loop."""
+        """``send()``'s result and the attempt (1-based) that got it; BackendError
+        once the failures are final or the attempts are spent. Each attempt holds
+        one of the running loop's ``max_concurrency`` slots (not across backoff
+        sleeps, so a waiting call does not keep others from the endpoint) and is
+        cancelled when its deadline passes; the rate is paced inside the slot,
+        before the deadline starts, so requests leave when they are paced."""
         slots = (await self._loop_state()).slots
         attempt = 0
         while True:
             attempt += 1
+            if _INTERRUPTED.is_set():
+                raise BackendError(f"{self._where}: not sent: the run was interrupted", attempts=attempt - 1)
             try:
                 async with slots:
                     if self._rate is not None:
                         await asyncio.sleep(self._rate.reserve())
-                    return await send(), attempt
+                    result = await asyncio.wait_for(send(), self.retry.timeout_s)
+                _tell_watchers(self._where, None)
+                return result, attempt
+            except asyncio.TimeoutError as exc:  # ours, or a transport timeout inside the deadline
+                failure: AttemptFailure | None = AttemptFailure.timeout(self.retry.timeout_s)
+                delay = self._final_or_delay(failure, exc, attempt)
             except Exception as exc:
                 failure = self._failure(exc)
                 if failure is None:
                     raise
-                delay = self._retry_delay(failure, exc, attempt)
+                delay = self._final_or_delay(failure, exc, attempt)
             await asyncio.sleep(delay)
 
-    def _retry_delay(self, failure: AttemptFailure, exc: Exception, attempt: int) -> float:
+    def _final_or_delay(self, failure: AttemptFailure, exc: BaseException, attempt: int) -> float:
+        try:
+            return self._retry_delay(failure, exc, attempt)
+        except BackendError as error:
+            _tell_watchers(self._where, error)
+            raise
+
+    def _retry_delay(self, failure: AttemptFailure, exc: BaseException, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt ``attempt``, or the
         BackendError (caused by ``exc``) when the failure is final."""
         # Logged under the subclass's module, where its reader will look.
@@ -162,8 +311,9 @@ class RemoteChatBackend(ChatBackend):
                 f"{self._where}: {failure.text}; the server asked to wait {wait:g} s, more than "
                 f"max_retry_after_s={self.retry.max_retry_after_s:g}; gave up after {attempt_count(attempt)}",
                 status=failure.status, attempts=attempt) from exc
-        if not failure.retryable or attempt == attempts:
-            logger.warning("%s: %s after %s", self._where, failure.text, attempt_count(attempt))
+        if not failure.retryable or attempt == attempts or _INTERRUPTED.is_set():
+            if not _INTERRUPTED.is_set():  # after Ctrl-C, one line says so; not one per request
+                logger.warning("%s: %s after %s", self._where, failure.text, attempt_count(attempt))
             raise BackendError(f"{self._where}: {failure.text} after {attempt_count(attempt)}{failure.hint}",
                                status=failure.status, attempts=attempt) from exc
         delay = wait if wait is not None else self.backoff_delay(attempt)
@@ -197,7 +347,14 @@ class RemoteChatBackend(ChatBackend):
         return state
 
     def close(self) -> None:
-        # Dropped closers are closed by their loops if those still run; transports
-        # of loops that have ended were closed at their shutdown.
+        # The own loop thread closes its transports as it shuts down; dropped
+        # closers of other loops are closed by those loops if they still run, and
+        # transports of loops that have ended were closed at their shutdown.
+        with self._loops_lock:
+            own, self._own_loop = self._own_loop, None
+        if own is not None and own.pid == os.getpid():
+            own.stop()
         with self._loops_lock:
             self._loops.clear()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)

@@ -21,12 +21,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from harness.backends.base import BackendError, ChatBackend
 from harness.backends.messages import Message
 from harness.backends.digest import last_user_text, request_digest
 from harness.jsonl import json_objects
+from harness.requirements import LocalPath, Requirement
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class ScriptedChat(ChatBackend):
     accepted and ignored (the replies are fixed). The fingerprint holds the
     file's content hash, so caches and records tell scripts apart.
     """
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        return [LocalPath(str(options.get("path")), purpose, "write the replies file, or fix its path")]
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

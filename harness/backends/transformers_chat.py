@@ -10,10 +10,11 @@ import logging
 import threading
 from typing import Any, Mapping, Sequence
 
-from harness.backends.base import BackendError, BatchChatBackend
+from harness.backends.base import BackendError, BatchChatBackend, model_weights
 from harness.backends.messages import Message, Turn, parse_messages, rgb_image
 from harness.backends.digest import request_digest, request_seed
 from harness.devices import resolve_device, resolve_dtype
+from harness.requirements import Gpu, Package, Requirement
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,16 @@ class TransformersChat(BatchChatBackend):
     batch fails (out of memory, a template refusing one request), its requests
     are retried one by one so that only the culprit fails.
     """
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """torch and transformers, the checkpoint's weights, and a GPU unless the device is the CPU."""
+        install = 'pip install -e ".[tools]"'
+        gpu = str(options.get("device", "auto"))
+        return [Package("torch", install, purpose), Package("transformers", install, purpose),
+                *([] if gpu == "cpu" else [Gpu(purpose, required=gpu.startswith("cuda"))]),
+                *model_weights(options.get("checkpoint"), purpose, ("checkpoint",), options.get("revision"),
+                               ("revision",))]
 
     def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto", max_new_tokens: int = 64,
                  revision: str | None = None, processor_options: dict[str, Any] | None = None, *,

@@ -12,7 +12,8 @@ import logging
 import threading
 from typing import Any, Mapping, Sequence
 
-from harness.backends.base import BackendError, BatchChatBackend
+from harness.backends.base import BackendError, BatchChatBackend, model_weights
+from harness.requirements import Gpu, Package, Requirement
 from harness.backends.messages import Message, image_data_uri, parse_messages, rgb_image
 from harness.backends.digest import request_digest, request_seed
 
@@ -109,6 +110,12 @@ class VLLMChat(BatchChatBackend):
     A failed engine call (a prompt longer than ``max_model_len``, say) is
     retried request by request, so only the culprit gets a BackendError.
     """
+
+    @classmethod
+    def requirements(cls, options: Mapping[str, Any], purpose: str) -> list[Requirement]:
+        """vLLM, a CUDA GPU, and the model's weights."""
+        return [Package("vllm", 'pip install -e ".[vllm]"', purpose), Gpu(purpose),
+                *model_weights(options.get("model"), purpose, ("model",), options.get("revision"), ("revision",))]
 
     def __init__(self, model: str, revision: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, dtype: str = "auto",

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
-from harness.cli import data, evaluation, grounding, interop, reports, training
+from harness.cache import CacheError
+from harness.cli import evaluation, grounding, interop, reports, setup, training
 from harness.cli.experiment import ExperimentError
+from harness.download import DownloadError
 from harness.export.tasks import ExportError
 from harness.overrides import OverrideError
+from harness.preflight import PreflightError
+from harness.records import RecordsError
 from harness.registry import UnknownNameError
-from harness.runner import RunError
+from harness.runlock import RunLockedError
+from harness.runner import RunError, RunInterrupted
 from harness.sandbox.executor import SandboxError
 from harness.sandbox.isolation import IsolationError
 from harness.systems import SystemConfigError
@@ -25,14 +31,16 @@ from harness.systems.predictions import PredictionsFileError
 from harness.tasks import TaskConfigError
 from harness.tasks.sources import DatasetUnavailableError
 from harness.types import ImageError
+from harness.upstream import UpstreamAssetError
 
-GROUPS = (evaluation, data, training, grounding, reports, interop)
+GROUPS = (evaluation, setup, training, grounding, reports, interop)
 DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools, train them without labels, "
                "and compare the results with the paper's.")
 
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
+               PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError, RecordsError,
                ExportError, ExperimentError)
 
 
@@ -45,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the path and what the system said."""
+    where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    return f"{where}: {exc.strerror or exc}" if where else str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -54,4 +68,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`show ... | head`): not an error. Point stdout at nothing so
+        # that Python's own flush at exit does not complain a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a read-only or full output folder, a file that cannot be read
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
         return 2

@@ -12,13 +12,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.cli.common import add_judge_args, judge_spec, parse_limit
-from harness.cli.experiment import EXPERIMENT_FILE, make_config_aware, write_experiment
+from harness.cli.common import add_judge_args, add_run_safety_args, judge_spec, parse_limit, run_exit_code
+from harness.cli.experiment import EXPERIMENT_FILE, experiment_yaml, make_config_aware
 from harness.cli.experiment import resolve as resolve_experiment
 from harness.overrides import nested, parse_key_values
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
+from harness.rescore import find_records, recorded_judge, rescore
 from harness.results import RUN_FILE
-from harness.runner import RunOptions, evaluate, find_records, rescore, run_info
+from harness.runner import RunOptions, evaluate
+from harness.runstate import load_run
 from harness.scoring import JudgeSpec
 from harness.systems import SystemRegistry
 from harness.tasks import TaskRegistry
@@ -60,6 +62,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
     add_judge_args(p)
+    add_run_safety_args(p)
 
     p = sub.add_parser("exec", help="run one program in the sandbox and print its result as JSON")
     p.add_argument("program", type=Path, help="a Python file: the program body (it sets final_answer)")
@@ -116,23 +119,34 @@ def _fmt(value: float | None) -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
+    """The run's table: scores over the model's outcomes, the model's own failures, and the
+    infrastructure's failures apart (never scored), then whether the run is complete."""
     rows = []
     for task, r in results["results"].items():
         metric = next(iter(results["higher_is_better"][task]))
         ci = r.get(f"{metric}_ci95,strict")
-        failed = sum(n for status, n in r["status_counts"].items() if status != "ok")
+        infra = r.get("n_infrastructure_failures", 0)
+        model_failed = r.get("n_model_failures", sum(n for status, n in r["status_counts"].items() if status != "ok"))
         rows.append([
             task, r["n"], _fmt(r.get(f"{metric},strict")),
             "-" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
-            _fmt(r.get(f"{metric},compat")), failed, r["parse_counts"].get("unparsable", 0),
+            _fmt(r.get(f"{metric},compat")), model_failed, r["parse_counts"].get("unparsable", 0),
+            infra if not infra else f"{infra} ({', '.join(f'{k} {n}' for k, n in r['infrastructure_counts'].items())})",
         ])
-    headers = ["task", "n", "strict", "95% CI", "paper-compat", "failed", "unparsable"]
+    headers = ["task", "n", "strict", "95% CI", "paper-compat", "model failures", "unparsable",
+               "infrastructure failures"]
     protocol = results.get("protocol", HARNESS)
     headline = "paper-compat" if results.get("headline") == "compat" else "strict"
     table = f"protocol: {protocol} (headline score: {headline})\n" + tabulate(
         rows, headers=headers, tablefmt="github", disable_numparse=True)
     notes = [f"{task}: open answers scored by normalised exact match (no --judge given)"
              for task, r in results["results"].items() if "exact_match" in r.get("judges", {})]
+    if results.get("complete", True):
+        notes.append("complete: every sample has a model outcome")
+    else:
+        notes.append("INCOMPLETE (not ranked by the leaderboard, refused by check; --resume redoes the "
+                     "infrastructure failures):")
+        notes += [f"  {reason}" for reason in results.get("incomplete", [])]
     return "\n".join([table, *notes])
 
 
@@ -182,17 +196,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         system=args.system, tasks=args.tasks.split(","), output_path=output, system_args=system_args,
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
         log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
-        label=args.label, protocol=args.protocol,
+        label=args.label, protocol=args.protocol, max_consecutive_failures=args.max_consecutive_failures,
+        preflight=not args.skip_preflight,
+        extra_files={EXPERIMENT_FILE: experiment_yaml(experiment, {k: getattr(args, k) for k in experiment.values},
+                                                      output)},
     )
     systems.config(options.system)  # fail on an unknown system before any data is read
-    if not (output / RUN_FILE).exists() or (args.resume and not (output / EXPERIMENT_FILE).exists()):
-        write_experiment(output, experiment, {k: getattr(args, k) for k in experiment.values})
     results = evaluate(options, tasks, systems)
     print(results_table(results))
     print(f"\nrun directory: {output}")
-    for task, error in results["errors"].items():
-        print(f"error in {task}: {error}", file=sys.stderr)
-    return 1 if results["errors"] else 0
+    return run_exit_code(results, output)
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -255,9 +268,9 @@ def cmd_grounding_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    results = rescore(args.run_dir, judge_spec(args))
+    results = rescore(args.run_dir, judge_spec(args, recorded_judge(args.run_dir)))
     print(results_table(results))
-    return 0
+    return run_exit_code(results, args.run_dir)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -269,7 +282,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         tasks = ", ".join(r["task"] for r in records)
         print(f"sample {args.sample_id!r} exists in tasks {tasks}; pass --task", file=sys.stderr)
         return 1
-    protocol = run_info(args.run_dir).get("protocol", HARNESS)
+    protocol = load_run(args.run_dir).get("protocol", HARNESS)
     for record in records:
         if args.json:
             print(json.dumps(record, indent=2, ensure_ascii=False))

@@ -187,10 +187,3 @@ def experiment_yaml(experiment: Experiment, values: dict[str, Any], output_path:
     return head + yaml.safe_dump({**saved, RECORDED: recorded}, sort_keys=False, allow_unicode=True)
 
 
-def write_experiment(run_dir: Path, experiment: Experiment, values: dict[str, Any]) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / EXPERIMENT_FILE
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(experiment_yaml(experiment, values, run_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path

@@ -26,6 +26,8 @@ def _add_leaderboard_parser(sub: Any) -> None:
     p.add_argument("--training-log", type=Path, action="append", default=[], metavar="FILE",
                    help="a GRPO training log to plot (trainer_state.json, training_log.json or JSONL; repeatable)")
     p.add_argument("--paper-dir", type=Path, metavar="DIR", help="the paper's numbers (default: results/paper)")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="also use runs with infrastructure failures or an early stop (flagged, after complete runs)")
 
     p = sub.add_parser("plot-rewards", help="plot the reward parts over the steps of one training log")
     p.add_argument("log", type=Path, help="trainer_state.json, training_log.json, or a JSONL of logged dicts")
@@ -60,6 +62,8 @@ def _add_check_parser(sub: Any) -> None:
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
                    help="bootstrap resamples for partial-credit scores (default: %(default)s)")
     p.add_argument("--output-path", type=Path, metavar="FILE", help="also write the comparison as JSON")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="compare runs with infrastructure failures too (their unscored samples are left out)")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -68,7 +72,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     try:
         written = write_leaderboard(args.results or [Path("results")], args.out, scoring=args.scoring,
-                                    training_logs=args.training_log, paper_dir=args.paper_dir or PAPER_DIR)
+                                    training_logs=args.training_log, paper_dir=args.paper_dir or PAPER_DIR,
+                                    include_incomplete=args.include_incomplete)
     except (LeaderboardError, PaperDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
         options = CheckOptions(scoring=args.scoring, max_drop=args.max_drop, alpha=args.alpha,
-                               correction=args.correction, tasks=tasks, seed=args.seed, bootstrap=args.bootstrap)
+                               correction=args.correction, tasks=tasks, seed=args.seed, bootstrap=args.bootstrap,
+                               allow_incomplete=args.allow_incomplete)
         report = check_runs(args.baseline, args.candidate, options)
         outcome = report.to_dict()
     except CheckRefused as exc:

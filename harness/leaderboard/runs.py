@@ -1,10 +1,14 @@
 """Run records for the leaderboard: every ``results.json`` under some folders, and the choice of one per row and task.
 
 A run fills the paper rows named by its label (``python -m harness run --label NAME``)
-or, when it has none, by its system. Where several runs match a (row, task), the
-paper's tables take a run of the paper protocol over any other; then the newest
-complete one is used; a run on part of a benchmark (``--limit``, or a run that
-stopped early) is used only when no complete run exists, and is flagged.
+or, when it has none, by its system. Only complete runs are used (every sample a
+model outcome: no infrastructure failure, no early stop); incomplete ones are
+listed as skipped, or, when asked for, used after every complete one and
+flagged. Where several runs match a (row, task), the paper's tables take a run
+of the paper protocol over any other; then the newest complete one is used; a
+run on part of a benchmark (``--limit``) is used only when no run of the whole
+benchmark exists, and is flagged. Every choice among several runs names the
+others.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Iterable, Sequence
 from harness.leaderboard.model import LeaderboardError
 from harness.protocol import HARNESS, PROTOCOLS
 from harness.results import RESULTS_FILE
+from harness.types import Status
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class Run:
     limit: float | None
     tasks: dict[str, TaskScore]
     protocol: str = HARNESS  # the evaluation protocol the run followed (paper or harness)
+    complete: bool = True  # every sample a model outcome (results.json's "complete")
+    incomplete: tuple[str, ...] = ()  # why not, in words
 
     @property
     def key(self) -> str:
@@ -81,10 +88,21 @@ class Run:
 class Choice:
     run: Run
     score: TaskScore
+    others: tuple[Run, ...] = ()  # the other runs that matched the same row and task
 
     @property
     def partial(self) -> bool:
         return self.run.is_partial(self.score.task)
+
+    @property
+    def flagged(self) -> bool:
+        """Ours is not a number for the whole benchmark: part of it, or an incomplete run."""
+        return self.partial or not self.run.complete
+
+    def describe_flag(self) -> str:
+        if not self.run.complete:
+            return "an incomplete run (" + "; ".join(self.run.incomplete) + ")"
+        return self.run.describe_partial(self.score.task)
 
 
 def _fraction(value: Any, where: str) -> float | None:
@@ -152,8 +170,23 @@ def read_run(path: Path) -> Run:
     protocol = data.get("protocol", HARNESS)
     if protocol not in PROTOCOLS:
         raise LeaderboardError(f"{path}: protocol {protocol!r} is none of {', '.join(PROTOCOLS)}")
+    complete, incomplete = _completeness(data)
     return Run(path.parent, system, label, _date(data.get("date"), f"{path}: date"),
-               float(limit) if limit is not None else None, tasks, protocol)
+               float(limit) if limit is not None else None, tasks, protocol, complete, incomplete)
+
+
+def _completeness(data: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
+    """Whether a results file is complete, and why not. Files from before the field existed are
+    judged by their statuses and load errors."""
+    if "complete" in data:
+        return bool(data["complete"]), tuple(str(r) for r in data.get("incomplete") or ())
+    reasons = [f"{task}: not run ({error})" for task, error in (data.get("errors") or {}).items()]
+    for task, entry in data["results"].items():
+        counts = entry.get("status_counts") if isinstance(entry, dict) else None
+        failed = {s: n for s, n in (counts or {}).items() if s in Status.INFRASTRUCTURE and n}
+        if failed:
+            reasons.append(f"{task}: {sum(failed.values())} infrastructure failures")
+    return not reasons, tuple(reasons)
 
 
 def find_results(roots: Iterable[Path], name: str = RESULTS_FILE) -> list[Path]:
@@ -167,17 +200,19 @@ def find_results(roots: Iterable[Path], name: str = RESULTS_FILE) -> list[Path]:
 
 
 class RunIndex:
-    """Every run found, and the one used for each (row, task)."""
+    """Every run found, and the one used for each (row, task). Incomplete runs are skipped
+    (``skipped``) unless ``include_incomplete``."""
 
-    def __init__(self, runs: Sequence[Run]) -> None:
-        self.runs = list(runs)
+    def __init__(self, runs: Sequence[Run], include_incomplete: bool = False) -> None:
+        self.runs = [run for run in runs if run.complete or include_incomplete]
+        self.skipped = [run for run in runs if not (run.complete or include_incomplete)]
         self._by_key: dict[str, list[Run]] = {}
         for run in self.runs:
             self._by_key.setdefault(run.key, []).append(run)
 
     @classmethod
-    def from_folders(cls, roots: Iterable[Path]) -> "RunIndex":
-        return cls([read_run(path) for path in find_results(roots)])
+    def from_folders(cls, roots: Iterable[Path], include_incomplete: bool = False) -> "RunIndex":
+        return cls([read_run(path) for path in find_results(roots)], include_incomplete)
 
     def keys(self) -> list[str]:
         return sorted(self._by_key)
@@ -186,11 +221,12 @@ class RunIndex:
         return sorted({task for run in self._by_key.get(key, []) for task in run.tasks})
 
     def choose(self, key: str, task: str, protocol: str | None = None) -> Choice | None:
-        """The newest complete run of ``key`` on ``task``; the newest partial one if none is complete.
-        With ``protocol``, a run of that protocol wins over any run of another."""
+        """The newest complete run of ``key`` on the whole of ``task``; else the newest on part of it;
+        incomplete runs (when included) only after those. With ``protocol``, a run of that protocol
+        wins over any run of another. The choice names the other runs that matched."""
         matching = [run for run in self._by_key.get(key, []) if task in run.tasks]
         if not matching:
             return None
-        best = max(matching, key=lambda run: (run.protocol == protocol, not run.is_partial(task), run.date,
-                                               str(run.directory)))
-        return Choice(best, best.tasks[task])
+        ranked = sorted(matching, reverse=True, key=lambda run: (
+            run.protocol == protocol, run.complete, not run.is_partial(task), run.date, str(run.directory)))
+        return Choice(ranked[0], ranked[0].tasks[task], tuple(ranked[1:]))

@@ -33,7 +33,7 @@ def our_cell(choice: Choice | None, scoring: str, paper: float | None = None) ->
         return Cell(paper=paper)
     score = choice.score
     return Cell(ours=percent(score.value(scoring)), ci=_interval(score.ci(scoring)), paper=paper,
-                limited=choice.partial, n=score.n, run=str(choice.run.directory), protocol=choice.run.protocol)
+                limited=choice.flagged, n=score.n, run=str(choice.run.directory), protocol=choice.run.protocol)
 
 
 def mark_ranks(rows: Iterable[Row], by_group: bool) -> None:
@@ -56,8 +56,15 @@ def mark_ranks(rows: Iterable[Row], by_group: bool) -> None:
 
 
 def _limited_notes(table_rows: Iterable[tuple[str, str, Choice]]) -> list[str]:
-    return [f"† {row} on {task}: {choice.run.describe_partial(task)}, {choice.run.directory}"
-            for row, task, choice in table_rows if choice.partial]
+    """A note per flagged cell (part of a benchmark, or an incomplete run), and per cell that
+    several runs competed for, naming the one used and the others."""
+    table_rows = list(table_rows)
+    notes = [f"† {row} on {task}: {choice.describe_flag()}, {choice.run.directory}"
+             for row, task, choice in table_rows if choice.flagged]
+    notes += [f"{row} on {task}: {len(choice.others) + 1} runs matched; used {choice.run.directory}; not used: "
+              + ", ".join(str(other.directory) for other in choice.others)
+              for row, task, choice in table_rows if choice.others]
+    return notes
 
 
 def _runs_used(used: dict[str, dict[str, list[str]]]) -> list[str]:
@@ -73,7 +80,7 @@ def _caption(scoring: str, ranking: str) -> str:
     return (f"Each cell: ours ({SCORING_NAMES[scoring]}, %) [95% CI] / the paper's (%); 'not run' where no run "
             f"matched; a run of the paper protocol is used where one exists. {PROTOCOL_NOTE} Best and second "
             f"best are marked {ranking}, on ours where run, else on the paper's number. "
-            f"† ours comes from part of the benchmark.")
+            f"† ours comes from part of the benchmark or from an incomplete run.")
 
 
 def _paper_notes(paper: PaperTables, table: str, rows: list[str]) -> list[str]:
@@ -146,7 +153,7 @@ def synthetic_table(index: RunIndex, scoring: str = "strict") -> Table:
     mark_ranks(rows, by_group=True)
     caption = (f"Every system (or label) run on the synthetic benchmark ({', '.join(tasks) or 'none yet'}): "
                f"accuracy ({SCORING_NAMES[scoring]}, %) [95% CI], samples, and accuracy per question family. Best "
-               f"and second best accuracy are marked per task. † a run on part of the benchmark. {PROTOCOL_NOTE} "
+               f"and second best accuracy are marked per task. † a run on part of the benchmark, or an incomplete run. {PROTOCOL_NOTE} "
                f"Runs of one system with different settings (e.g. tool noise) share a row unless given a --label.")
     return Table("synthetic", "The synthetic benchmark", caption, ["System"],
                  [Column("Accuracy", "accuracy"), Column("n", "n")] + [Column(f, f) for f in families], rows,
@@ -172,7 +179,7 @@ def scoring_table(index: RunIndex) -> Table:
             chosen.append((key, task, choice))
             used[key][str(choice.run.directory)].append(task)
     caption = ("Strict and paper-compatible scoring of the same predictions (%, [95% CI]); difference = "
-               f"paper-compatible minus strict, in points. † a run on part of the benchmark. {PROTOCOL_NOTE}")
+               f"paper-compatible minus strict, in points. † a run on part of the benchmark, or an incomplete run. {PROTOCOL_NOTE}")
     return Table("scoring", "Strict vs paper-compatible scoring", caption, ["System", "Task", "n"],
                  [Column("Strict", "strict"), Column("Paper-compatible", "compat"), Column("Difference", "delta")],
                  rows, with_paper=False, notes=_limited_notes(chosen), runs=_runs_used(used))

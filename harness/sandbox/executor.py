@@ -236,6 +236,7 @@ class Conversation:
                 reply = {"error": str(exc)}
             except Exception as exc:  # a tool's failure is reported to the program, never raised here
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
+                record["tool_failure"] = True  # the tool failed, not the program's call: an infrastructure failure
         record.update(reply)
         return reply, record
 

@@ -6,7 +6,8 @@ re-scored (``python -m harness score RUN_DIR``) with new rules or a judge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,10 +32,20 @@ def score_record(record: dict[str, Any], compat_rule: str | None, judge: Judge,
     ``paper_judge`` (the paper protocol) scores the ``judge`` rule in place of
     ``judge``'s verdict, for every prediction, failed ones included, as the
     original did; when it fails the paper-compatible score is missing (None).
+
+    A prediction that failed for the infrastructure's sake (an API error, an
+    unreadable image, a failed tool server: ``Status.INFRASTRUCTURE``) is not
+    scored at all, and a failed judge leaves its score missing: neither may
+    read as a wrong answer.
     """
     answer_type = record["answer_type"]
+    record.pop("paper_judge", None)  # a re-scored record keeps no verdict of an earlier judge
     if answer_type == AnswerType.NONE:
         record.update(scores={"strict": None, "compat": None}, parse=Parse.NOT_SCORED, extracted=None, judge=None)
+        return record
+    if record["status"] in Status.INFRASTRUCTURE:
+        record.update(scores={"strict": None, "compat": None}, parse=Parse.INFRASTRUCTURE, extracted=None,
+                      judge=None)
         return record
 
     ok = record["status"] == Status.OK
@@ -50,7 +61,7 @@ def score_record(record: dict[str, Any], compat_rule: str | None, judge: Judge,
         judge_info = {"name": judge.name, "score": verdict.score, "error": verdict.error, "cached": verdict.cached}
         meta["judge_verdict"] = verdict.score
         if verdict.score is None:
-            strict = StrictResult(0.0, Parse.JUDGE_ERROR)
+            strict = StrictResult(None, Parse.JUDGE_ERROR)
         else:
             strict = StrictResult(verdict.score, Parse.OK, prediction)
     else:
@@ -62,6 +73,8 @@ def score_record(record: dict[str, Any], compat_rule: str | None, judge: Judge,
         record["paper_judge"] = {"name": paper_judge.name, "score": verdict.score, "error": verdict.error,
                                  "cached": verdict.cached}
         compat = verdict.score
+    elif compat_rule == "judge" and judge_info is not None and judge_info["score"] is None:
+        compat = None  # the judge failed: no verdict, which is not a 0
     elif compat_rule:
         compat = compat_score(compat_rule, value, record.get("compat_gold"), meta)
     else:
@@ -79,21 +92,35 @@ def score_record(record: dict[str, Any], compat_rule: str | None, judge: Judge,
 class Scorer:
     """How a run scores its records: the judge for open answers, and under the paper
     protocol the original's judge for the ``judge`` rule (built on first use, so runs
-    without such a task need no key for it)."""
+    without such a task need no key for it). Thread-safe: a run scores records on
+    ``concurrency`` threads when a judge calls a model."""
 
     judge: Judge
     paper_judge: Callable[[], Judge] | None = None
+    concurrency: int = 1
     _paper: Judge | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def remote(self) -> bool:
+        """Whether scoring may call a model (and so is worth doing on several threads)."""
+        return not isinstance(self.judge, ExactMatchJudge) or self.paper_judge is not None
 
     def score(self, record: dict[str, Any], compat_rule: str | None) -> dict[str, Any]:
         paper = None
         if compat_rule == "judge" and self.paper_judge is not None:
-            if self._paper is None:
-                self._paper = self.paper_judge()
-            paper = self._paper
+            with self._lock:
+                if self._paper is None:
+                    self._paper = self.paper_judge()
+                paper = self._paper
         return score_record(record, compat_rule, self.judge, paper)
+
+    def close(self) -> None:
+        self.judge.close()
+        if self._paper is not None:
+            self._paper.close()
 
 
 def make_scorer(spec: JudgeSpec, protocol: str = HARNESS, data_dir: str | Path | None = None) -> Scorer:
     paper = (lambda: make_paper_judge(spec, data_dir)) if protocol == PAPER else None
-    return Scorer(make_judge(spec), paper)
+    return Scorer(make_judge(spec), paper, concurrency=spec.max_concurrency)

@@ -17,13 +17,12 @@ from typing import Any, Callable
 
 from harness.backends import OpenAIChat
 from harness.cache import ResponseCache, cache_key, default_cache_dir
+from harness.requirements import Requirement, UpstreamFile
 from harness.scoring.extract import normalize_text
 
 log = logging.getLogger(__name__)
 
 JUDGE_PROMPT_VERSION = 1
-JUDGE_TIMEOUT_S = 120
-JUDGE_MAX_RETRIES = 4
 _SYSTEM = (
     "You grade short answers to questions about images. You are given the question, "
     "the reference answer and a candidate answer; you do not see the image. Decide "
@@ -47,9 +46,45 @@ class JudgeSpec:
     # The paper protocol's judge (GQA): the original's prompt and model, through the Responses API.
     paper_model: str = "gpt-5-mini"
     paper_base_url: str | None = None
+    # How each judge's requests are sent: every request ends within timeout_s (all of it, not per read),
+    # is retried at most max_retries times, and at most max_concurrency records are judged at once.
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    max_concurrency: int = 8
+
+    # Settings that change how verdicts are fetched, not what they are: a resumed run may change them.
+    OPERATIONAL = ("timeout_s", "max_retries", "max_concurrency")
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
+            raise ValueError(f"the judge's timeout must be a positive number of seconds, got {self.timeout_s!r}")
+        if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
+            raise ValueError(f"the judge's retries must be a whole number >= 0, got {self.max_retries!r}")
+        if not (isinstance(self.max_concurrency, int) and self.max_concurrency >= 1):
+            raise ValueError(f"the judge's concurrency must be a whole number >= 1, got {self.max_concurrency!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def requirements(self, paper_judge: bool) -> list[Requirement]:
+        """What judging needs: the LLM judge's key and endpoint (``--judge``), and with
+        ``paper_judge`` (the paper protocol on a task of the ``judge`` rule) the original's
+        judge prompt and the paper judge's key and endpoint."""
+        from harness.upstream import METRICS
+
+        needed: list[Requirement] = []
+        if self.model is not None:
+            needed += OpenAIChat.requirements({"base_url": self.base_url, "api_key_env": self.api_key_env},
+                                              f"the judge {self.model} (--judge)")
+        if paper_judge:
+            needed.append(UpstreamFile(METRICS, "the GQA judge's prompt (paper protocol)"))
+            needed += OpenAIChat.requirements({"base_url": self.paper_base_url, "api_key_env": self.api_key_env},
+                                              f"the paper protocol's GQA judge ({self.paper_model})")
+        return needed
+
+    def identity(self) -> dict:
+        """What makes two runs' verdicts comparable: every field but the operational ones."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.OPERATIONAL}
 
 
 @dataclass
@@ -64,6 +99,9 @@ class Judge:
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the model connection, if any."""
 
 
 class ExactMatchJudge(Judge):
@@ -102,10 +140,15 @@ class LLMJudge(Judge):
     """A judge that asks a chat model; ``complete`` maps messages to reply text."""
 
     def __init__(self, name: str, complete: Callable[[list[dict]], str],
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, on_close: Callable[[], None] | None = None) -> None:
         self.name = name
         self._complete = complete
         self._cache = cache
+        self._on_close = on_close
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         key = cache_key("judge", self.name, JUDGE_PROMPT_VERSION, question, str(gold), str(prediction))
@@ -152,11 +195,16 @@ class PaperJudge(Judge):
     them, every prediction included (a failed program's is ``None``), one user turn."""
 
     def __init__(self, name: str, prompt: str, complete: Callable[[str], str],
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, on_close: Callable[[], None] | None = None) -> None:
         self.name = name
         self.prompt = prompt
         self._complete = complete
         self._cache = cache
+        self._on_close = on_close
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         try:
@@ -186,8 +234,9 @@ def make_judge(spec: JudgeSpec, cache_dir: Path | None = None) -> Judge:
     # The name keys the verdict cache; it stays as it was so existing caches keep serving.
     name = f"{spec.model}@{spec.base_url or 'default'}"
     backend = OpenAIChat(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env,
-                         temperature=spec.temperature, timeout_s=JUDGE_TIMEOUT_S, max_retries=JUDGE_MAX_RETRIES)
-    return LLMJudge(name, backend.complete, cache)
+                         temperature=spec.temperature, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
+                         max_concurrency=spec.max_concurrency)
+    return LLMJudge(name, backend.complete, cache, backend.close)
 
 
 def make_paper_judge(spec: JudgeSpec, data_dir: str | Path | None = None, cache_dir: Path | None = None) -> Judge:
@@ -197,7 +246,9 @@ def make_paper_judge(spec: JudgeSpec, data_dir: str | Path | None = None, cache_
 
     prompt = PaperTexts(AssetStore(data_dir=Path(data_dir) if data_dir else None)).judge_prompt()
     backend = OpenAIChat(spec.paper_model, base_url=spec.paper_base_url, api_key_env=spec.api_key_env,
-                         api="responses", temperature=None, timeout_s=JUDGE_TIMEOUT_S, max_retries=JUDGE_MAX_RETRIES)
+                         api="responses", temperature=None, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
+                         max_concurrency=spec.max_concurrency)
     cache = ResponseCache((cache_dir or default_cache_dir()) / "judge.sqlite")
     name = f"paper:{spec.paper_model}@{spec.paper_base_url or 'default'}"
-    return PaperJudge(name, prompt, lambda text: backend.complete([{"role": "user", "content": text}]), cache)
+    return PaperJudge(name, prompt, lambda text: backend.complete([{"role": "user", "content": text}]), cache,
+                      backend.close)

@@ -21,11 +21,12 @@ class Parse:
     NO_PREDICTION = "no_prediction"  # the system failed; see the record's status
     JUDGE_ERROR = "judge_error"
     NOT_SCORED = "not_scored"  # the task has no gold answers
+    INFRASTRUCTURE = "infrastructure"  # not scored: the infrastructure failed (see the record's status)
 
 
 @dataclass
 class StrictResult:
-    score: float
+    score: float | None  # None: no verdict (a failed judge), never a 0
     parse: str
     extracted: Any = None
 

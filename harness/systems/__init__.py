@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from harness.registry import Registry, UnknownNameError, read_yaml_files, unknown_name_message
 from harness.systems.base import System
+from harness.systems.params import check_params
 
 __all__ = ["BASELINES_DIR", "SYSTEM_KINDS", "System", "SystemConfig", "SystemConfigError", "SystemRegistry"]
 
@@ -114,19 +115,31 @@ class SystemRegistry:
         return self._configs[name]
 
     def resolved_params(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The system file's parameters with overrides; ``a.b`` reaches into a nested mapping."""
+        """The system file's parameters with overrides; ``a.b`` reaches into a nested mapping (created
+        when the file has none there; :meth:`validate` then says whether the kind reads it)."""
         params = copy.deepcopy(self.config(name).params)
         for key, value in (overrides or {}).items():
             *parents, leaf = key.split(".")
             target = params
-            for part in parents:
-                target = target.get(part) if isinstance(target, dict) else None
-            if not isinstance(target, dict) or leaf not in target:
-                known = sorted(_dotted_keys(params))
-                raise SystemConfigError(
-                    f"system {name!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}")
+            for depth, part in enumerate(parents):
+                if target.get(part) is None:
+                    target[part] = {}
+                target = target[part]
+                if not isinstance(target, dict):
+                    raise SystemConfigError(f"system {name!r}: cannot set {key!r}: "
+                                            f"{'.'.join(parents[:depth + 1])} is {target!r}, not a mapping")
             target[leaf] = value
         return params
+
+    def validate(self, name: str, params: dict[str, Any], overrides: bool = False) -> None:
+        """Every parameter checked against what the system's kind reads: SystemConfigError naming the
+        file and each wrong key (with the nearest known key for a typo)."""
+        config = self.config(name)
+        problems = check_params(system_class(config.kind), params)
+        if problems:
+            where = config.source_file or f"system {name}"
+            extra = " (after --system-args)" if overrides else ""
+            raise SystemConfigError(f"{where}{extra}: " + "; ".join(problems))
 
     def build(self, name: str, overrides: dict[str, Any] | None = None, seed: int = 0,
               protocol: str | None = None) -> System:
@@ -135,21 +148,13 @@ class SystemRegistry:
         params = self.resolved_params(name, overrides)
         if protocol is not None:
             params["protocol"] = protocol
+        self.validate(name, params, bool(overrides))
         try:
             system = system_class(config.kind)(name, params, seed)
         except ValueError as exc:
             raise SystemConfigError(f"{config.source_file}: {exc}") from exc
         system.source_dir = Path(config.source_file).parent if config.source_file else None
         return system
-
-
-def _dotted_keys(params: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in params.items():
-        keys.append(prefix + key)
-        if isinstance(value, dict):
-            keys += _dotted_keys(value, f"{prefix}{key}.")
-    return keys
 
 
 def system_class(kind: str) -> type[System]:

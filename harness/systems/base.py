@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from harness.protocol import HARNESS, PROTOCOLS, check_protocol
+from harness.requirements import Requirement
 from harness.types import ImageError, Prediction, Sample, Status
 
 
@@ -23,6 +24,10 @@ class System:
     source_dir: Path | None = None  # the folder of the system file (relative paths in params start there)
     data_dir: Path | None = None  # the run's --data-dir (offline copies of datasets and upstream files)
     protocols: tuple[str, ...] = PROTOCOLS  # the protocols this kind can follow
+    reads_images = True  # False: answers come from elsewhere (a predictions file), so images need not be present
+    # The system file's params this kind reads, each with its check (harness.systems.params); subclasses
+    # add theirs. None: not declared, so not checked (kinds defined outside the harness).
+    parameters: dict[str, Any] | None = None
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         self.name = name
@@ -32,6 +37,11 @@ class System:
         if self.protocol not in self.protocols:
             raise ValueError(f"system {name} ({self.kind}) follows only the {' or '.join(self.protocols)} "
                              f"protocol, not {self.protocol!r}")
+
+    def requirements(self) -> list[Requirement]:
+        """What this system needs from the machine (packages, a GPU, keys, models, files), checked
+        before a run starts (:mod:`harness.preflight`); nothing here loads a model or sends a request."""
+        return []
 
     def prepare(self, tasks: Sequence[Any]) -> None:
         """Check inputs against the selected tasks before anything runs."""

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from harness.backends import ChatBackend, make_chat_backend
+from harness.backends import CHAT_BACKENDS, ChatBackend, make_chat_backend
+from harness.requirements import Requirement, localized
 from harness.tools.checkpoints import chat_model_options
 
 
 class ChatSystemMixin:
     """A system that talks to a chat backend (``llm`` or ``vlm`` params) with fixed sampling."""
 
+    name: str
     params: dict[str, Any]
     seed: int
+    data_dir: Path | None
     backend_key = "llm"
     _chat: ChatBackend | None = None
+
+    def chat_requirements(self) -> list[Requirement]:
+        options = dict(self.params[self.backend_key])
+        kind = options.pop("backend")
+        return CHAT_BACKENDS.get(kind).requirements(options, f"the {self.backend_key} of system {self.name}")
 
     @property
     def chat(self) -> ChatBackend:
         if self._chat is None:
             options = dict(self.params[self.backend_key])
             kind = options.pop("backend")
+            # Weights under the run's data dir are read from there (a GPU node without internet).
+            options = localized(options, self.chat_requirements(), self.data_dir)
             # A trained checkpoint (LoRA adapter, verl checkpoint) becomes a loadable folder, and
             # `model` works for the transformers backend too (harness.tools.checkpoints).
             options = chat_model_options(kind, options)

@@ -11,9 +11,12 @@ import re
 from typing import Any, Iterable, Iterator
 
 from harness.backends import BackendError
+from harness.protocol import PROTOCOLS
+from harness.requirements import Requirement
 from harness.scoring.extract import parse_choice, parse_number, parse_yes_no
 from harness.systems.base import System
 from harness.systems.chat import ChatSystemMixin
+from harness.systems.params import chat_options, sampling, typed
 from harness.types import AnswerType, Prediction, Sample, Status
 
 FORMAT_RULES = {
@@ -69,6 +72,8 @@ class DirectVLMSystem(ChatSystemMixin, System):
 
     kind = "direct_vlm"
     backend_key = "vlm"
+    parameters = {"protocol": typed(str, PROTOCOLS), "vlm": chat_options(), "sampling": sampling(),
+                  "cache": typed(bool | str), "grounded": typed(bool), "generation_batch": typed(int)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
@@ -109,6 +114,9 @@ class DirectVLMSystem(ChatSystemMixin, System):
                 else:
                     yield Prediction(sample.id, answer=extract_answer(reply, sample.answer_type, sample.choices),
                                      raw=reply)
+
+    def requirements(self) -> list[Requirement]:
+        return self.chat_requirements()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

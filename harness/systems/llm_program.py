@@ -15,8 +15,11 @@ from harness.backends import BackendError
 from harness.protocol import PAPER
 from harness.systems.chat import ChatSystemMixin
 from harness.systems.parsing import paper_reply_text, parse_reply, parse_reply_paper
+from harness.systems.params import chat_options, sampling, typed
 from harness.systems.program import Program, ProgramSystem
+from harness.requirements import LocalPath, Requirement, UpstreamFile
 from harness.tools.api import describe_api
+from harness.upstream import SYSTEM_PROMPT
 from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
 
     kind = "llm_program"
     original_dialect = True
+    parameters = {"llm": chat_options(), "sampling": sampling(), "cache": typed(bool | str), "prompt": typed(str),
+                  "prompt_layout": typed(str, ("user", "system")), "question_template": typed(str)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
@@ -66,6 +71,14 @@ class LLMProgramSystem(ChatSystemMixin, ProgramSystem):
             raise ValueError(f"system {name}: prompt_layout must be 'user' or 'system', got {self.layout!r}")
         self.question_template = params.get("question_template", "Question: {question}")
         self._prompt: str | None = None
+
+    def requirements(self) -> list[Requirement]:
+        if self.dialect == PAPER:
+            prompt: Requirement = UpstreamFile(SYSTEM_PROMPT, f"the prompt of system {self.name} (paper protocol)")
+        else:
+            path = resolve_prompt_path(self.params.get("prompt", "prompts/program_writer.md"), self.source_dir)
+            prompt = LocalPath(str(path), f"the prompt of system {self.name}", "fix params.prompt in the system file")
+        return [*self.chat_requirements(), prompt, *super().requirements()]
 
     @property
     def prompt(self) -> str:

@@ -23,8 +23,10 @@ from typing import Any, Iterator, Sequence
 
 from harness.interop.logs import FORMATS, VLMEVALKIT_FAILURE, ForeignFile, PredictionsFileError, find_files, read_file
 from harness.interop.matching import Match, index_task, match_file, named_task
+from harness.protocol import PROTOCOLS
 from harness.systems.base import System
 from harness.systems.direct import extract_answer
+from harness.systems.params import typed
 from harness.types import Prediction, Sample, Status
 
 __all__ = ["PredictionsFileError", "PredictionsSystem"]
@@ -35,6 +37,9 @@ JSONL = "jsonl"
 
 class PredictionsSystem(System):
     kind = "predictions"
+    reads_images = False
+    parameters = {"path": typed(str | None), "format": typed(str | None, (JSONL, *FORMATS)),
+                  "task": typed(str | None), "protocol": typed(str, PROTOCOLS)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
@@ -65,6 +70,9 @@ class PredictionsSystem(System):
                 if line.strip():
                     try:
                         row = json.loads(line)
+                    except UnicodeDecodeError as exc:
+                        raise PredictionsFileError(f"{self.path}: line {number} is not UTF-8 text ({exc.reason} "
+                                                   f"at byte {exc.start}); save the file as UTF-8") from None
                     except json.JSONDecodeError as exc:
                         raise PredictionsFileError(f"{self.path}: line {number} is not valid JSON ({exc})") from exc
                     if isinstance(row, dict) and "doc_id" in row and "id" not in row:

@@ -13,13 +13,16 @@ from typing import Any, Iterable, Iterator
 # Imported for its registration: the synthetic benchmark registers its oracle
 # tool backend with TOOL_BACKENDS, and a system's ``tools`` may name it.
 import harness.synthetic  # noqa: F401
-from harness.protocol import HARNESS, LABEL_FILTERS, PAPER
+from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
+from harness.requirements import Isolation, Requirement, UpstreamFile, localized
 from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
+from harness.sandbox.isolation import MODES
 from harness.systems.base import System
+from harness.systems.params import dataclass_fields, mapping, tool_backend_name, tool_options, typed
 from harness.tools import TOOL_BACKENDS, ToolBackend, ToolContext, make_backend
 from harness.tools.paper_api import paper_program_inputs
 from harness.types import Prediction, Sample, Status
-from harness.upstream import AssetStore, PaperTexts
+from harness.upstream import SPECIALISTS_API, AssetStore, PaperTexts
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,18 @@ class Program:
 
 
 def prediction_from_execution(sample: Sample, program: Program, result: ExecutionResult) -> Prediction:
+    """The prediction of a program's run. A run during which a tool itself failed (its model or
+    endpoint, not the program's call) is a ``tool_server_error`` whatever the program made of it:
+    its answer was not made with working tools."""
+    status, detail = result.status, result.detail
+    failed = [call for call in result.tool_calls if call.get("tool_failure")]
+    if failed:
+        status = Status.TOOL_SERVER_ERROR
+        detail = (f"{len(failed)} tool call(s) failed in the tool server; the first: {failed[0].get('tool')}: "
+                  f"{failed[0].get('error')} (the program then ended with status {result.status})"
+                  + (f"\n{result.detail}" if result.detail else ""))
     return Prediction(
-        sample.id, answer=result.answer, status=result.status, raw=program.raw, detail=result.detail,
+        sample.id, answer=result.answer, status=status, raw=program.raw, detail=detail,
         plan=program.plan, program=program.source or program.code, answer_pytype=result.answer_pytype,
         answer_typed=result.answer_typed, tool_calls=result.tool_calls, isolation=result.isolation,
         stdout=result.stdout, timings={"execute_s": result.seconds},
@@ -62,6 +75,12 @@ class ProgramSystem(System):
     """
 
     kind = "program"
+    parameters = {
+        "protocol": typed(str, PROTOCOLS), "tools": tool_backend_name(), "tool_options": tool_options(),
+        "device": typed(str), "concurrency": typed(int), "generation_batch": typed(int),
+        "isolation": typed(str, MODES), "limits": mapping(dataclass_fields(SandboxPolicy)),
+        "label_filter": typed(str, LABEL_FILTERS),
+    }
     # Whether this kind's programs are written for the original VALOR tool API when the run
     # follows the paper protocol (the LLM program writers); VisProg, ViperGPT and the
     # reference programs keep their own API under either protocol.
@@ -82,14 +101,28 @@ class ProgramSystem(System):
                              f"got {self.label_filter!r}")
         self._paper_texts: PaperTexts | None = None
 
+    def _tool_options(self) -> tuple[str, dict[str, Any]]:
+        name = self.params.get("tools", "oracle")
+        options = dict((self.params.get("tool_options") or {}).get(name) or {})
+        if "device" in self.params and "device" in inspect.signature(TOOL_BACKENDS.get(name)).parameters:
+            options.setdefault("device", self.params["device"])
+        return name, options
+
+    def requirements(self) -> list[Requirement]:
+        name, options = self._tool_options()
+        needed = [*TOOL_BACKENDS.get(name).requirements(options, f"the {name} tools of system {self.name}"),
+                  Isolation(self._isolation, f"the sandbox of system {self.name}")]
+        if self.dialect == PAPER and name != "oracle":
+            needed.append(UpstreamFile(SPECIALISTS_API, "the VQA tool's prompts under the paper protocol"))
+        return needed
+
     @property
     def backend(self) -> ToolBackend:
         with self._setup:
             if self._backend is None:
-                name = self.params.get("tools", "oracle")
-                options = dict((self.params.get("tool_options") or {}).get(name) or {})
-                if "device" in self.params and "device" in inspect.signature(TOOL_BACKENDS.get(name)).parameters:
-                    options.setdefault("device", self.params["device"])
+                name, options = self._tool_options()
+                # Weights under the run's data dir are read from there (a GPU node without internet).
+                options = localized(options, TOOL_BACKENDS.get(name).requirements(options, name), self.data_dir)
                 self._backend = make_backend(name, **options)
             return self._backend
 

@@ -27,6 +27,7 @@ from harness.protocol import HARNESS, PAPER
 from harness.records import read_records
 from harness.results import RUN_FILE, samples_file
 from harness.systems import SystemConfigError
+from harness.systems.params import typed
 from harness.systems.program import Program, ProgramSystem
 from harness.types import Prediction, Sample, Status
 
@@ -59,6 +60,8 @@ def without_nulls(value: Any) -> Any:
 
 class ReplaySystem(ProgramSystem):
     kind = "replay"
+    parameters = {"run": typed(str)}
+    nullable_params = True  # a null setting is the earlier run's
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         if not params.get("run"):

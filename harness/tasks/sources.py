@@ -66,7 +66,7 @@ def image_cache_dir() -> Path:
     return default_cache_dir() / "images"
 
 
-def _allow_patterns(spec: DatasetSpec) -> list[str] | None:
+def allow_patterns(spec: DatasetSpec) -> list[str] | None:
     """The task's allow-patterns plus the README, which says which files make each config."""
     if not spec.hub_files:
         return None
@@ -84,7 +84,7 @@ def resolve_dataset_dir(task: str, spec: DatasetSpec, data_dir: Path | None) -> 
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(repo_id=spec.path, repo_type="dataset", revision=spec.revision,
-                                   allow_patterns=_allow_patterns(spec))
+                                   allow_patterns=allow_patterns(spec))
     except Exception as exc:
         where = f"{data_dir / spec.path} does not exist and " if data_dir else "no --data-dir / HARNESS_DATA_DIR is set and "
         raise DatasetUnavailableError(
@@ -110,7 +110,7 @@ def offline_copies(specs: dict[str, DatasetSpec]) -> list[OfflineCopy]:
     of their allow-patterns (any task that reads the whole repository makes the copy whole)."""
     copies: dict[str, OfflineCopy] = {}
     for task, spec in specs.items():
-        patterns = _allow_patterns(spec)
+        patterns = allow_patterns(spec)
         copy = copies.get(spec.path)
         if copy is None:
             copies[spec.path] = OfflineCopy(spec.path, spec.revision, patterns, [task])

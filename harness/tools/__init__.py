@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.registry import Registry
+from harness.requirements import Requirement
 from harness.sandbox.runtime import ToolError, encode_argument
 from harness.tools.api import API, check_call
 from harness.types import ImageRef, Sample
@@ -50,6 +51,12 @@ class ToolBackend:
     """Implements the tools for a context; arguments arrive checked and normalised."""
 
     names: tuple[str, ...] = tuple(API)
+
+    @classmethod
+    def requirements(cls, options: dict[str, Any], purpose: str) -> list[Requirement]:
+        """What a backend of this kind built with ``options`` needs (packages, models, a GPU, the
+        endpoints of model-backed tools), checked before a run starts."""
+        return []
 
     def gd_detect(self, context: ToolContext, phrases: list[str]) -> list[dict[str, Any]]:
         raise NotImplementedError

@@ -178,11 +178,10 @@ _VLLM_ONLY = ("gpu_memory_utilization", "max_model_len", "tensor_parallel_size",
               "use_model_defaults", "use_tqdm")
 
 
-def chat_model_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A chat backend's options with its model made loadable (:func:`local_model`); for the
-    ``transformers`` backend, ``model`` names the ``checkpoint`` and vLLM's engine options
-    (inherited from a vLLM system file) are dropped, so one ``--system-args`` switches a
-    system between the two backends."""
+def backend_options(kind: str, options: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    """A chat backend's options as the backend takes them: for ``transformers``, ``model``
+    names the ``checkpoint`` and vLLM's engine options (inherited from a vLLM system file)
+    are dropped, so one ``--system-args`` switches a system between the two backends."""
     options = dict(options)
     if kind == "transformers":
         if "model" in options:
@@ -190,8 +189,14 @@ def chat_model_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
                 raise CheckpointError("llm.model and llm.checkpoint name two models; give one")
             options["checkpoint"] = options.pop("model")
         dropped = [name for name in _VLLM_ONLY if options.pop(name, None) is not None]
-        if dropped:
+        if dropped and not quiet:
             log.info("transformers backend: vLLM-only settings ignored: %s", ", ".join(dropped))
+    return options
+
+
+def chat_model_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A chat backend's options (:func:`backend_options`) with its model made loadable (:func:`local_model`)."""
+    options = backend_options(kind, options)
     key = "checkpoint" if kind == "transformers" else "model"
     if kind in ("transformers", "vllm") and isinstance(options.get(key), str):
         options[key] = local_model(options[key])

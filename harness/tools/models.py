@@ -13,6 +13,7 @@ cached; they reach the program as a ToolError.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -24,12 +25,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from harness.backends import CHAT_BACKENDS
+from harness.backends.base import model_weights
 from harness.cache import ResponseCache, cache_key, default_cache_dir
 from harness.devices import resolve_device
 from harness.tools import ToolBackend, ToolContext
 from harness.tools.batching import MicroBatcher
-from harness.tools.depth import DepthModel, DepthSettings, depth_at
-from harness.tools.detector import DetectorSettings, GroundingDinoDetector
+from harness.requirements import Gpu, Package, Requirement
+from harness.tools.depth import DEFAULT_MOGE, DepthModel, DepthSettings, depth_at
+from harness.tools.detector import DEFAULT_CHECKPOINT, DetectorSettings, GroundingDinoDetector
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,16 @@ def _shared_depth(settings: DepthSettings) -> DepthModel:
     return DepthModel(**settings.__dict__)
 
 
+def _nested(requirement: Requirement, prefix: tuple[str, ...]) -> Requirement:
+    """A chat backend's requirement with its option paths under ``prefix`` (the ``vqa`` settings)."""
+    option = getattr(requirement, "option", ())
+    if not option:
+        return requirement
+    return dataclasses.replace(requirement, option=prefix + option,  # type: ignore[type-var]
+                               revision_option=prefix + requirement.revision_option if requirement.revision_option
+                               else ())
+
+
 class ModelBackend(ToolBackend):
     """``tools: real`` in a system file; ``tool_options`` configure each model:
 
@@ -55,6 +69,43 @@ class ModelBackend(ToolBackend):
     on a GPU, 1 on the CPU, where a batched MoGe forward pass measured slower
     than the same images one by one).
     """
+
+    @classmethod
+    def requirements(cls, options: dict[str, Any], purpose: str) -> list[Requirement]:
+        """torch and transformers; the detector's weights (a local copy of an original-format
+        checkpoint converted by ``download``), and for one in the original format the architecture
+        it converts into; MoGe and its weights; the VQA backend's needs; a GPU where asked for."""
+        from harness.tools.vqa import DEFAULT_BACKEND_OPTIONS
+
+        tools = 'pip install -e ".[tools]"'
+        needed: list[Requirement] = [Package("torch", tools, purpose), Package("transformers", tools, purpose)]
+        device = str(options.get("device", "auto"))
+        if device != "cpu":
+            needed.append(Gpu(purpose, required=device.startswith("cuda")))
+        detector = options.get("detector") or {}
+        checkpoint = detector.get("checkpoint", DEFAULT_CHECKPOINT)
+        original = detector.get("original_config", DEFAULT_CHECKPOINT)
+        needed += model_weights(checkpoint, f"{purpose}: gd_detect", ("detector", "checkpoint"),
+                                detector.get("revision"), ("detector", "revision"), needs="config.json",
+                                needs_fix="convert it: `python -m harness download --data-dir DIR` with the same "
+                                          "system converts a downloaded original-format checkpoint in place")
+        local = Path(str(checkpoint)).expanduser()
+        converted = local.is_dir() and (local / "config.json").is_file()  # a transformers folder needs nothing else
+        if checkpoint != original and not converted:  # an original-format checkpoint is converted into it
+            needed += model_weights(original, f"{purpose}: gd_detect (the architecture of an original-format "
+                                              f"checkpoint)", ("detector", "original_config"))
+        depth = options.get("depth") or {}
+        if depth.get("backend", "moge") == "moge":
+            needed += [Package("moge", 'pip install -e ".[depth]" && pip install --no-deps -r '
+                                       'requirements/moge-no-deps.txt', f"{purpose}: depth"),
+                       Package("cv2", 'pip install -e ".[depth]"', f"{purpose}: depth")]
+        needed += model_weights(depth.get("checkpoint", DEFAULT_MOGE), f"{purpose}: depth", ("depth", "checkpoint"),
+                                depth.get("revision"), ("depth", "revision"))
+        vqa = dict(options.get("vqa") or {})
+        kind = vqa.pop("backend", "openai")
+        vqa = {**DEFAULT_BACKEND_OPTIONS.get(kind, {}), **vqa}
+        needed += [_nested(r, ("vqa",)) for r in CHAT_BACKENDS.get(kind).requirements(vqa, f"{purpose}: vqa")]
+        return needed
 
     def __init__(self, device: str = "auto", detector: dict | None = None, depth: dict | None = None,
                  vqa: dict | None = None, cache: bool = True, cache_dir: str | None = None, max_batch: int = 8,
