@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 from harness.backends.base import BackendError, ChatBackend
 from harness.backends.messages import Message
-from harness.backends.retry import AttemptFailure, RateLimiter, RetryPolicy, attempt_count
+from harness.backends.retry import AttemptFailure, Pacer, RetryPolicy, attempt_count, rate_limiter
 
 _T = TypeVar("_T")
 
@@ -71,7 +71,9 @@ class RemoteChatBackend(ChatBackend):
     separately those of each event loop (asyncio primitives belong to one
     loop): one backend serves several ``asyncio.run`` calls, or loops of
     different threads, each with its own slots and connections. The rate limit
-    (``requests_per_minute``) is one bucket for all of them.
+    (``requests_per_minute``) is one bucket for all of them (or one for every
+    backend of a cluster calling the same model and endpoint: see
+    :func:`~harness.backends.retry.share_rate_limits`).
     """
 
     _where: str
@@ -89,7 +91,7 @@ class RemoteChatBackend(ChatBackend):
     def __init__(self, retry: RetryPolicy) -> None:
         self.retry = retry
         self._slots = threading.BoundedSemaphore(retry.max_concurrency)
-        self._rate = RateLimiter(retry.requests_per_minute) if retry.requests_per_minute is not None else None
+        self._pacer: Pacer | None = None
         self._loops: dict[int, _LoopState] = {}  # by id(loop)
         self._loops_lock = threading.Lock()
 
@@ -99,6 +101,16 @@ class RemoteChatBackend(ChatBackend):
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt``: see :func:`exponential_backoff`."""
         return self.retry.backoff_delay(attempt)
+
+    def _rate(self) -> Pacer | None:
+        """The request pacer (None: no limit), made on first use: it is named by ``_where``,
+        which a subclass sets after this class's ``__init__``."""
+        if self.retry.requests_per_minute is None:
+            return None
+        with self._loops_lock:
+            if self._pacer is None:
+                self._pacer = rate_limiter(self.retry.requests_per_minute, self._where)
+            return self._pacer
 
     def complete_many(self, requests: list[list[Message]], **sampling: Any) -> list[str | BackendError]:
         """All requests at once, ``max_concurrency`` in flight, replies in order."""
@@ -120,8 +132,9 @@ class RemoteChatBackend(ChatBackend):
                 # waiting call does not keep others from the endpoint. The rate
                 # is paced inside the slot, so requests leave when they are paced.
                 with self._slots:
-                    if self._rate is not None:
-                        time.sleep(self._rate.reserve())
+                    pacer = self._rate()
+                    if pacer is not None:
+                        time.sleep(pacer.reserve())
                     return send(), attempt
             except Exception as exc:
                 failure = self._failure(exc)
@@ -140,8 +153,9 @@ class RemoteChatBackend(ChatBackend):
             attempt += 1
             try:
                 async with slots:
-                    if self._rate is not None:
-                        await asyncio.sleep(self._rate.reserve())
+                    pacer = self._rate()
+                    if pacer is not None:  # a shared pacer's reserve is one short call to where it lives
+                        await asyncio.sleep(pacer.reserve())
                     return await send(), attempt
             except Exception as exc:
                 failure = self._failure(exc)
