@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from harness import __version__
+from harness.distributed.settings import RaySettings
 from harness.protocol import HARNESS
 from harness.records import RecordWriter, read_records, to_jsonable, write_records_atomically
 from harness.results import (
@@ -57,6 +58,7 @@ class RunOptions:
     include_paths: list[str] = field(default_factory=list)
     label: str | None = None  # names the run for the leaderboard (a variant of a system, e.g. valor-rl-n40)
     protocol: str | None = None  # paper or harness; None: the one the system file names
+    ray: RaySettings | None = None  # serve the system from replicas on a Ray cluster (docs/scaling.md)
 
 
 def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> dict[str, Any]:
@@ -213,6 +215,10 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
     random.seed(options.seed)
     system = systems.build(options.system, options.system_args, options.seed, options.protocol)
     system.data_dir = data_dir_from_env(options.data_dir)
+    if options.ray is not None:
+        from harness.distributed.system import RaySystem
+
+        system = RaySystem(system, options.ray, options.system_args, options.protocol, options.include_paths)
     run = _start_run(options, system, tasks)
     scorer = make_scorer(options.judge, system.protocol, system.data_dir)
     try:

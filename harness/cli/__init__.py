@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from harness.cli import data, evaluation, grounding, reports, training
+from harness.distributed.settings import DistributedError
 from harness.overrides import OverrideError
 from harness.registry import UnknownNameError
 from harness.runner import RunError
@@ -30,7 +31,8 @@ DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools,
 
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
-               DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError)
+               DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
+               DistributedError)
 
 
 def build_parser() -> argparse.ArgumentParser:

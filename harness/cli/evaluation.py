@@ -12,6 +12,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.cli.common import add_judge_args, judge_spec, parse_limit
+from harness.cli.ray_flags import add_ray_args, ray_settings
 from harness.overrides import nested, parse_key_values
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
 from harness.runner import RunOptions, evaluate, find_records, rescore, run_info
@@ -51,6 +52,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra folder of task or system YAML files")
     add_judge_args(p)
+    add_ray_args(p)
 
     p = sub.add_parser("exec", help="run one program in the sandbox and print its result as JSON")
     p.add_argument("program", type=Path, help="a Python file: the program body (it sets final_answer)")
@@ -164,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         system=args.system, tasks=tasks.expand(args.tasks), output_path=output, system_args=system_args,
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
         log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
-        label=args.label, protocol=args.protocol,
+        label=args.label, protocol=args.protocol, ray=ray_settings(args),
     )
     systems.config(options.system)  # fail on an unknown system before any data is read
     results = evaluate(options, tasks, systems)
