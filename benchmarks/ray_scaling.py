@@ -186,7 +186,8 @@ def main() -> None:
         n = args.samples
         include, data, image_bytes = build_dataset(root, n, (width, height))
         (include / "echo.yaml").write_text("system: echo\nkind: ray_scaling:Echo\nparams: {}\n")
-        (include / "model.yaml").write_text(f"system: model\nkind: ray_scaling:Model\nparams: {{ms: {args.model_ms}}}\n")
+        (include / "model.yaml").write_text(
+            f"system: model\nkind: ray_scaling:Model\nparams: {{ms: {args.model_ms}}}\n")
         (include / "bench_synthetic.yaml").write_text(SYNTHETIC_YAML.format(scenes=max(n // 3, 8)))
         from harness.tasks import TaskRegistry
 

@@ -225,8 +225,8 @@ def test_caches_and_rate_limits_are_shared_through_the_driver_node(cluster, tmp_
         num_cpus=0, max_concurrency=4, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
     path = tmp_path / "shared.sqlite"
     try:
-        use_services(services, on_driver_node=False)
-        remote = ResponseCache(path)
+        use_services(services, on_driver_node=False, driver_cwd=str(tmp_path))
+        remote = ResponseCache("shared.sqlite")  # relative: in the driver's working folder
         remote.put("k", {"response": "from another node"})
         assert remote.get("k") == {"response": "from another node"} and len(remote) == 1
         assert isinstance(rate_limiter(60, "model at endpoint"), SharedPacer)

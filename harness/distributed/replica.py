@@ -63,7 +63,7 @@ class Replica:
 
         if os.path.isdir(self.recipe.cwd):  # relative paths in system files mean what they meant to the driver
             os.chdir(self.recipe.cwd)
-        use_services(self.services, on_driver_node)
+        use_services(self.services, on_driver_node, self.recipe.cwd)
         random.seed(self.recipe.seed)  # as the runner seeds before building
         system = SystemRegistry(self.recipe.include_paths).build(
             self.recipe.name, self.recipe.overrides, self.recipe.seed, self.recipe.protocol)

@@ -104,9 +104,10 @@ class RemoteCacheStore:
         """The file stays open in the services until the run ends."""
 
 
-def use_services(services: Any, on_driver_node: bool) -> None:
+def use_services(services: Any, on_driver_node: bool, driver_cwd: str) -> None:
     """Make this process (a replica) pace its API calls in the run's shared buckets and,
-    away from the driver's node, keep its cache entries in the driver's files."""
+    away from the driver's node, keep its cache entries in the driver's files (a relative
+    cache path means what it means in the driver's working folder)."""
     share_rate_limits(lambda requests_per_minute, scope: SharedPacer(services, requests_per_minute, scope))
     if not on_driver_node:
-        open_caches_with(lambda path: RemoteCacheStore(services, path))
+        open_caches_with(lambda path: RemoteCacheStore(services, Path(driver_cwd) / path))
