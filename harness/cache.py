@@ -1,7 +1,9 @@
 """A crash-safe key-value cache for model and judge responses (SQLite in WAL mode).
 
 Each entry is committed on its own, so a killed process loses at most the
-request in flight, and several processes may share one file.
+request in flight, and several processes of one host may share one file (WAL mode
+shares its index through memory, so processes of other hosts must not open it: they
+reach it through :func:`open_caches_with`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 
 def default_cache_dir() -> Path:
@@ -30,9 +32,35 @@ class CacheError(RuntimeError):
     """A cache file that cannot be used; the message names it and how to recover."""
 
 
+class CacheStore(Protocol):
+    """Where a :class:`ResponseCache` keeps its entries when not in its own file."""
+
+    def get(self, key: str) -> Any | None: ...
+
+    def put(self, key: str, value: Any) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+_opener: Callable[[Path], CacheStore] | None = None
+
+
+def open_caches_with(opener: Callable[[Path], CacheStore] | None) -> None:
+    """Keep the entries of every :class:`ResponseCache` this process opens from now on in
+    ``opener(path)`` instead of the file itself (None: in the file again). A distributed
+    run's replicas on other hosts than the driver's reach the driver's files this way."""
+    global _opener
+    _opener = opener
+
+
 class ResponseCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._store = _opener(self.path) if _opener is not None else None
+        if self._store is not None:
+            return
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +79,8 @@ class ResponseCache:
                           f"or point HARNESS_CACHE_DIR at another folder")
 
     def get(self, key: str) -> Any | None:
+        if self._store is not None:
+            return self._store.get(key)
         try:
             with self._lock:
                 row = self._conn.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
@@ -64,6 +94,8 @@ class ResponseCache:
             return None
 
     def put(self, key: str, value: Any) -> None:
+        if self._store is not None:
+            return self._store.put(key, value)
         blob = json.dumps(value, ensure_ascii=False)
         try:
             with self._lock:
@@ -76,9 +108,13 @@ class ResponseCache:
             raise self._error(exc) from None
 
     def __len__(self) -> int:
+        if self._store is not None:
+            return len(self._store)
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
+        if self._store is not None:
+            return self._store.close()
         with self._lock:
             self._conn.close()

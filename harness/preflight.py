@@ -90,9 +90,11 @@ def failure_message(checks: Sequence[Check], what: str) -> str:
     return "\n".join(lines)
 
 
-def run_preflight(system: System, tasks: Sequence[TaskConfig], judge: JudgeSpec, data_dir: Path | None) -> list[Check]:
-    """Check a run's requirements; PreflightError listing all that are missing, else the checks."""
-    context = CheckContext(data_dir=data_dir, download_args=download_args(system, tasks))
+def run_preflight(system: System, tasks: Sequence[TaskConfig], judge: JudgeSpec, data_dir: Path | None,
+                  devices_here: bool = True) -> list[Check]:
+    """Check a run's requirements; PreflightError listing all that are missing, else the checks.
+    ``devices_here=False``: the system's models run on other machines (Ray replicas)."""
+    context = CheckContext(data_dir=data_dir, download_args=download_args(system, tasks), devices_here=devices_here)
     checks = check_all(run_requirements(system, tasks, judge, data_dir), context)
     if any(check.status == MISSING for check in checks):
         raise PreflightError(failure_message(checks, f"the run of {system.name}"))

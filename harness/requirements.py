@@ -55,6 +55,7 @@ class CheckContext:
     timeout_s: float = 5.0
     offline: bool = field(default_factory=offline)
     download_args: str = ""  # the `download` arguments of the run being checked (" --system S --tasks T")
+    devices_here: bool = True  # False: the models run elsewhere (Ray replicas), so no GPU is needed here
 
     def download_fix(self, own_args: str = "") -> str:
         return DOWNLOAD_FIX.format(args=self.download_args or own_args)
@@ -124,6 +125,8 @@ class Gpu(Requirement):
         return f"gpu:{self.required}"
 
     def check(self, context: CheckContext) -> Check:
+        if not context.devices_here:
+            return Check(OK, "a CUDA GPU", self.purpose, "wanted by the replicas, not here (Ray places them)")
         count = gpu_count()
         if count:
             return Check(OK, "a CUDA GPU", self.purpose, f"{count} visible")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.backends.remote import reset_interrupt, watch_calls
+from harness.distributed.settings import RaySettings
 from harness.preflight import run_preflight
 from harness.records import RecordWriter, read_records, to_jsonable
 from harness.results import (
@@ -77,6 +78,7 @@ class RunOptions:
     # Files to write into the run directory once it is claimed (name -> text), unless they
     # exist: e.g. the resolved experiment file, so a failed start leaves nothing behind.
     extra_files: dict[str, str] = field(default_factory=dict)
+    ray: RaySettings | None = None  # serve the system from replicas on a Ray cluster (docs/scaling.md)
 
 
 def build_record(sample: Sample, prediction: Prediction, log_samples: bool) -> dict[str, Any]:
@@ -325,7 +327,13 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
     close = Closer(system)
     try:
         if options.preflight:
-            run_preflight(system, [tasks.config(t) for t in options.tasks], options.judge, data_dir)
+            run_preflight(system, [tasks.config(t) for t in options.tasks], options.judge, data_dir,
+                          devices_here=options.ray is None)
+        if options.ray is not None:  # the same system, served by replicas on a Ray cluster
+            from harness.distributed.system import RaySystem
+
+            system = RaySystem(system, options.ray, options.system_args, options.protocol, options.include_paths)
+            close.system = system
         run_dir = options.output_path
         resuming = options.resume and (run_dir / RUN_FILE).is_file()
         if options.resume and not resuming:

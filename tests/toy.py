@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
 from harness.systems.base import System
+from harness.systems.llm_program import LLMProgramSystem
+from harness.systems.params import typed
+from harness.systems.program import ReferenceSystem
 from harness.types import Prediction, Sample
 
 TOY_TASK = """\
@@ -101,3 +105,29 @@ def synthetic_task(name: str, path: str) -> str:
     """:data:`SMALL_SYNTHETIC_TASK` under another name and dataset path (a pre-built copy at
     DATA_DIR/``path`` is read instead of generating one)."""
     return SMALL_SYNTHETIC_TASK.replace("synthetic_small", name, 1).replace("synthetic/small", path, 1)
+
+
+class DiesOnce:
+    """Kills its own process (SIGKILL, as the OOM killer would) on sample ``die_on`` the first
+    time any replica reaches it (``marker`` records that it happened); answers as its base
+    class otherwise. With ``always: true`` it dies on that sample every time."""
+
+    params: dict
+    parameters = {"die_on": typed(str), "marker": typed(str), "always": typed(bool)}
+
+    def run_program(self, sample: Sample, program):
+        if sample.id == self.params["die_on"]:
+            marker = Path(self.params["marker"])
+            if self.params.get("always") or not marker.exists():
+                with marker.open("a") as f:
+                    f.write(f"{os.getpid()}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().run_program(sample, program)
+
+
+class DyingReference(DiesOnce, ReferenceSystem):
+    kind = "dying_reference"
+
+
+class DyingWriter(DiesOnce, LLMProgramSystem):
+    kind = "dying_writer"

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator,
 
 from harness.backends.base import BackendError, ChatBackend
 from harness.backends.messages import Message, parse_messages
-from harness.backends.retry import AttemptFailure, RateLimiter, RetryPolicy, attempt_count
+from harness.backends.retry import AttemptFailure, Pacer, RetryPolicy, attempt_count, rate_limiter
 
 _T = TypeVar("_T")
 
@@ -177,7 +177,8 @@ class RemoteChatBackend(ChatBackend):
     primitives belong to one loop): the backend's own loop, serving every
     thread, and any loop that awaits ``acomplete`` directly, each with its own
     slots and connections. The rate limit (``requests_per_minute``) is one
-    bucket for all of them.
+    bucket for all of them (or one for every backend of a cluster calling the
+    same model and endpoint: see :func:`~harness.backends.retry.share_rate_limits`).
     """
 
     _where: str
@@ -194,10 +195,20 @@ class RemoteChatBackend(ChatBackend):
 
     def __init__(self, retry: RetryPolicy) -> None:
         self.retry = retry
-        self._rate = RateLimiter(retry.requests_per_minute) if retry.requests_per_minute is not None else None
+        self._pacer: Pacer | None = None
         self._loops: dict[int, _LoopState] = {}  # by id(loop)
         self._loops_lock = threading.Lock()
         self._own_loop: _LoopThread | None = None
+
+    def _rate(self) -> Pacer | None:
+        """The request pacer (None: no limit), made on first use: it is named by ``_where``,
+        which a subclass sets after this class's ``__init__``."""
+        if self.retry.requests_per_minute is None:
+            return None
+        with self._loops_lock:
+            if self._pacer is None:
+                self._pacer = rate_limiter(self.retry.requests_per_minute, self._where)
+            return self._pacer
 
     @property
     def endpoint(self) -> str:
@@ -277,8 +288,9 @@ class RemoteChatBackend(ChatBackend):
                 raise BackendError(f"{self._where}: not sent: the run was interrupted", attempts=attempt - 1)
             try:
                 async with slots:
-                    if self._rate is not None:
-                        await asyncio.sleep(self._rate.reserve())
+                    pacer = self._rate()
+                    if pacer is not None:  # a shared pacer's reserve is one short call to where it lives
+                        await asyncio.sleep(pacer.reserve())
                     result = await asyncio.wait_for(send(), self.retry.timeout_s)
                 _tell_watchers(self._where, None)
                 return result, attempt

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping, Protocol
 
 
 # 408 request timeout, 409 lock conflict and 429 rate limit are transient by
@@ -153,3 +153,26 @@ class RateLimiter:
             start = max(now, self._next)
             self._next = start + self.interval
         return start - now
+
+
+class Pacer(Protocol):
+    """What paces a backend's requests: :class:`RateLimiter`, or a shared bucket."""
+
+    def reserve(self) -> float: ...
+
+
+_shared: Callable[[float, str], Pacer] | None = None
+
+
+def share_rate_limits(factory: Callable[[float, str], Pacer] | None) -> None:
+    """Make the rate limits of the backends this process builds from now on come from
+    ``factory(requests_per_minute, scope)`` (None: a :class:`RateLimiter` each again).
+    ``scope`` names the model and endpoint; a distributed run's replicas pass a factory
+    whose buckets live in one place, so that the limit holds for the whole cluster."""
+    global _shared
+    _shared = factory
+
+
+def rate_limiter(requests_per_minute: float, scope: str) -> Pacer:
+    """The pacer of a backend calling ``scope`` (model and endpoint)."""
+    return RateLimiter(requests_per_minute) if _shared is None else _shared(requests_per_minute, scope)

@@ -16,6 +16,7 @@ from typing import Sequence
 from harness.cache import CacheError
 from harness.cli import evaluation, grounding, interop, reports, setup, training
 from harness.cli.experiment import ExperimentError
+from harness.distributed.settings import DistributedError
 from harness.download import DownloadError
 from harness.export.tasks import ExportError
 from harness.overrides import OverrideError
@@ -41,7 +42,7 @@ DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools,
 USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
                DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
                PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError, RecordsError,
-               ExportError, ExperimentError)
+               ExportError, ExperimentError, DistributedError)
 
 
 def build_parser() -> argparse.ArgumentParser:

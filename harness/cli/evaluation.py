@@ -15,6 +15,7 @@ from tabulate import tabulate
 from harness.cli.common import add_judge_args, add_run_safety_args, judge_spec, parse_limit, run_exit_code
 from harness.cli.experiment import EXPERIMENT_FILE, experiment_yaml, make_config_aware
 from harness.cli.experiment import resolve as resolve_experiment
+from harness.cli.ray_flags import add_ray_args, ray_settings
 from harness.overrides import nested, parse_key_values
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
 from harness.rescore import find_records, recorded_judge, rescore
@@ -63,6 +64,7 @@ def add_parsers(sub: Any) -> None:
                    help="extra folder of task or system YAML files")
     add_judge_args(p)
     add_run_safety_args(p)
+    add_ray_args(p)
 
     p = sub.add_parser("exec", help="run one program in the sandbox and print its result as JSON")
     p.add_argument("program", type=Path, help="a Python file: the program body (it sets final_answer)")
@@ -197,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit=args.limit, seed=args.seed, data_dir=args.data_dir, resume=args.resume,
         log_samples=args.log_samples, judge=judge_spec(args) or JudgeSpec(), include_paths=args.include_path,
         label=args.label, protocol=args.protocol, max_consecutive_failures=args.max_consecutive_failures,
-        preflight=not args.skip_preflight,
+        preflight=not args.skip_preflight, ray=ray_settings(args),
         extra_files={EXPERIMENT_FILE: experiment_yaml(experiment, {k: getattr(args, k) for k in experiment.values},
                                                       output)},
     )
