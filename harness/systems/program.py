@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import itertools
 import logging
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, ContextManager, Iterable, Iterator
 
 # Imported for its registration: the synthetic benchmark registers its oracle
 # tool backend with TOOL_BACKENDS, and a system's ``tools`` may name it.
@@ -19,6 +18,7 @@ from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
 from harness.sandbox.isolation import MODES
 from harness.systems.base import System
 from harness.systems.params import dataclass_fields, mapping, tool_backend_name, tool_options, typed
+from harness.systems.pipeline import ProgramPipeline
 from harness.tools import TOOL_BACKENDS, ToolBackend, ToolContext, make_backend
 from harness.tools.paper_api import paper_program_inputs
 from harness.types import Prediction, Sample, Status
@@ -58,13 +58,18 @@ def prediction_from_execution(sample: Sample, program: Program, result: Executio
     )
 
 
+DEFAULT_CONCURRENCY = 4  # programs in flight for tools without a preference: about two per core
+
+
 class ProgramSystem(System):
-    """Writes (or looks up) programs for a batch of samples, then runs them, several at a time.
+    """Writes (or looks up) programs a batch of samples at a time and runs them, several at a time;
+    the next batch is written while the programs of the last one run (see :meth:`predict`).
 
     Parameters (system file ``params``): ``tools`` (a tool backend name),
     ``tool_options`` (settings per backend name, so switching ``tools`` needs no
     other change), ``device`` (for backends that load models), ``concurrency``
-    (programs in flight), ``generation_batch`` (samples whose programs are
+    (programs in flight; by default what keeps the tools' model batches full,
+    e.g. 16 for the real tools, else 4), ``generation_batch`` (samples whose programs are
     written together, e.g. one vLLM call), ``isolation`` (auto, bwrap, unshare,
     process), ``allow_unsafe_isolation`` (run even where the sandbox cannot keep
     programs from the user's files; see docs/sandbox.md) and ``limits`` (fields of
@@ -88,7 +93,7 @@ class ProgramSystem(System):
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)
-        self.concurrency = int(params.get("concurrency", 4))
+        self.concurrency = int(params.get("concurrency") or self._default_concurrency())
         self.generation_batch = int(params.get("generation_batch", 64))
         self._policy = SandboxPolicy(**(params.get("limits") or {}))
         self._isolation = params.get("isolation", "auto")
@@ -107,6 +112,10 @@ class ProgramSystem(System):
         if "device" in self.params and "device" in inspect.signature(TOOL_BACKENDS.get(name)).parameters:
             options.setdefault("device", self.params["device"])
         return name, options
+
+    def _default_concurrency(self) -> int:
+        name, options = self._tool_options()
+        return TOOL_BACKENDS.get(name).programs_to_keep_busy(options) or DEFAULT_CONCURRENCY
 
     def requirements(self) -> list[Requirement]:
         name, options = self._tool_options()
@@ -156,11 +165,13 @@ class ProgramSystem(System):
             return Prediction(sample.id, status=Status.IMAGE_ERROR, detail=f"sample {sample.id} has no image",
                               plan=program.plan, program=program.source or program.code, raw=program.raw)
         context = ToolContext(sample.image, sample.image.size(), sample, key=f"{sample.task}/{sample.id}")
-        if self.dialect == PAPER:
-            tools, files = paper_program_inputs(self.backend, context, self.paper_texts, self.label_filter)
-            result = self.sandbox.run(program.code, tools, context.image_size, dialect="paper", files=files)
-        else:
-            result = self.sandbox.run(program.code, self.backend.session(context), context.image_size)
+        backend = self.backend
+        with backend.in_flight():  # the tools batch a model's requests once every program in flight waits
+            if self.dialect == PAPER:
+                tools, files = paper_program_inputs(backend, context, self.paper_texts, self.label_filter)
+                result = self.sandbox.run(program.code, tools, context.image_size, dialect="paper", files=files)
+            else:
+                result = self.sandbox.run(program.code, backend.session(context), context.image_size)
         return prediction_from_execution(sample, program, result)
 
     @property
@@ -180,27 +191,20 @@ class ProgramSystem(System):
         program = self.write_programs([sample])[0]
         return program if isinstance(program, Prediction) else self.run_program(sample, program)
 
+    def _programs_in_flight(self) -> ContextManager[None]:
+        try:
+            return self.backend.in_flight()
+        except Exception:  # tools that cannot start: each program's run says why (run_program)
+            return contextlib.nullcontext()
+
     def predict(self, samples: Iterable[Sample]) -> Iterator[Prediction]:
-        """Write programs a batch at a time; run up to ``concurrency`` at once; yield each as it finishes."""
-        source = iter(samples)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-program") as pool:
-            while True:
-                batch = list(itertools.islice(source, self.generation_batch))
-                if not batch:
-                    return
-                pending = list(zip(batch, self.write_programs(batch)))
-                running: set[Future] = set()
-                while pending or running:
-                    while pending and len(running) < self.concurrency:
-                        sample, program = pending.pop(0)
-                        if isinstance(program, Prediction):
-                            yield program
-                            continue
-                        running.add(pool.submit(self.guarded, sample, lambda s, p=program: self.run_program(s, p)))
-                    if running:
-                        done, running = wait(running, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            yield future.result()
+        """Programs are written ``generation_batch`` samples at a time on one thread while those
+        written before run, up to ``concurrency`` at once (:mod:`harness.systems.pipeline`);
+        each prediction is yielded as it finishes."""
+        pipeline = ProgramPipeline(self.write_programs, lambda sample, program: self.guarded(
+            sample, lambda s: self.run_program(s, program)), lambda item: isinstance(item, Prediction),
+            self.generation_batch, self.concurrency, self._programs_in_flight, self.name)
+        yield from pipeline.results(samples)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

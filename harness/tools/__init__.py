@@ -7,9 +7,10 @@ the backend with the program's context (its image, and its sample).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ContextManager
 
 from harness.registry import Registry
 from harness.requirements import Requirement
@@ -100,6 +101,17 @@ class ToolBackend:
 
     def session(self, context: ToolContext) -> "ToolSession":
         return ToolSession(self, context)
+
+    @classmethod
+    def programs_to_keep_busy(cls, options: dict[str, Any]) -> int | None:
+        """How many programs should run at once to keep this backend's models busy (None: no
+        preference; the program system's own default applies)."""
+        return None
+
+    def in_flight(self) -> ContextManager[None]:
+        """Entered by the thread that runs a program, for the program's lifetime: a backend that
+        batches requests dispatches as soon as every program in flight waits on a tool."""
+        return contextlib.nullcontext()
 
     def describe(self) -> dict[str, Any]:
         return {"backend": type(self).__name__}

@@ -42,14 +42,20 @@ class LazyModel:
         self._lock = threading.Lock()
         self._model: Any = None
         self._device: str | None = None
+        self._fingerprint: str | None = None
 
     @property
     def fingerprint(self) -> str:
-        settings = asdict(self.settings)
-        for key in ("checkpoint", "revision", "device"):  # identified separately, or not affecting answers
-            settings.pop(key)
-        return checkpoint_fingerprint(self.settings.checkpoint, self.settings.revision,
-                                      {type(self).__name__: settings})
+        """Computed once: a tool server asks for it on every call, and a local checkpoint's
+        fingerprint walks its folder. Once per process is also what it identifies: the
+        model loads once, so files changed later are not the weights that answer."""
+        if self._fingerprint is None:
+            settings = asdict(self.settings)
+            for key in ("checkpoint", "revision", "device"):  # identified separately, or not affecting answers
+                settings.pop(key)
+            self._fingerprint = checkpoint_fingerprint(self.settings.checkpoint, self.settings.revision,
+                                                       {type(self).__name__: settings})
+        return self._fingerprint
 
     def _load(self) -> None:
         with self._lock:

@@ -2,8 +2,11 @@
 
 One ``ModelBackend`` in the parent process answers the tool calls of every
 running program (the sandbox forwards them). Models load once per process, on
-first use. Concurrent detector and depth requests are gathered into batches
-(``max_batch``, waiting at most ``max_wait_ms``). Every answer is cached on disk
+first use. Concurrent detector and depth requests are gathered into batches per
+model, each dispatched when it is full, when every program in flight waits on a
+tool, or after ``max_wait_ms`` (:mod:`harness.tools.batching`); a batch never
+changes a result (the detector and depth models put only requests of the same
+shapes in one forward pass). Every answer is cached on disk
 (SQLite, one row per answer, so an interrupted run keeps what it computed and
 runs share the file), keyed by the image's content hash, the tool, the
 arguments and the model fingerprint: re-running an evaluation or an ablation
@@ -20,7 +23,7 @@ import threading
 from collections import Counter, OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,7 +33,7 @@ from harness.backends.base import model_weights
 from harness.cache import ResponseCache, cache_key, default_cache_dir
 from harness.devices import resolve_device
 from harness.tools import ToolBackend, ToolContext
-from harness.tools.batching import MicroBatcher
+from harness.tools.batching import MicroBatcher, Occupancy
 from harness.requirements import Gpu, Package, Requirement
 from harness.tools.depth import DEFAULT_MOGE, DepthModel, DepthSettings, depth_at
 from harness.tools.detector import DEFAULT_CHECKPOINT, DetectorSettings, GroundingDinoDetector
@@ -58,6 +61,12 @@ def _nested(requirement: Requirement, prefix: tuple[str, ...]) -> Requirement:
                                else ())
 
 
+def _device_name(device: str) -> str:
+    """One name per device ("cuda" is "cuda:0"), so models on it take turns."""
+    device = resolve_device(device)
+    return "cuda:0" if device == "cuda" else device
+
+
 class ModelBackend(ToolBackend):
     """``tools: real`` in a system file; ``tool_options`` configure each model:
 
@@ -65,10 +74,23 @@ class ModelBackend(ToolBackend):
     ``depth`` (backend moge|transformers, checkpoint, resolution_level),
     ``vqa`` (backend openai|transformers, model or checkpoint, base_url, ...),
     ``device`` (auto, cpu, cuda, cuda:1, ...), ``cache``, ``cache_dir``,
-    ``max_batch``, ``max_wait_ms``, ``depth_max_batch`` (default: ``max_batch``
-    on a GPU, 1 on the CPU, where a batched MoGe forward pass measured slower
-    than the same images one by one).
+    ``max_batch`` (requests per batch), ``max_wait_ms`` (the longest a request
+    waits for others while some program in flight still computes),
+    ``depth_max_batch`` (default ``max_batch``) and ``depth_pass_images``
+    (images per depth forward pass; default: the whole batch on a GPU, 1 on the
+    CPU, where a MoGe pass over several images measured slower per image than
+    one pass each: its activations leave the caches).
+
+    Programs run under :meth:`in_flight` let the batchers dispatch as soon as
+    every one of them waits on a tool; ``ProgramSystem`` runs
+    :meth:`programs_to_keep_busy` of them at once unless told otherwise.
     """
+
+    @classmethod
+    def programs_to_keep_busy(cls, options: dict[str, Any]) -> int | None:
+        """Two batches' worth of programs: one batch forms while the other is computed."""
+        batch = int(options.get("max_batch", 8))
+        return 2 * max(batch, int(options.get("depth_max_batch") or batch))
 
     @classmethod
     def requirements(cls, options: dict[str, Any], purpose: str) -> list[Requirement]:
@@ -109,20 +131,29 @@ class ModelBackend(ToolBackend):
 
     def __init__(self, device: str = "auto", detector: dict | None = None, depth: dict | None = None,
                  vqa: dict | None = None, cache: bool = True, cache_dir: str | None = None, max_batch: int = 8,
-                 max_wait_ms: float = 10.0, depth_max_batch: int | None = None, depth_maps_in_memory: int = 32) -> None:
+                 max_wait_ms: float = 10.0, depth_max_batch: int | None = None, depth_pass_images: int | None = None,
+                 depth_maps_in_memory: int = 32) -> None:
         self.detector = _shared_detector(DetectorSettings(**{"device": device, **(detector or {})}))
         self.depth_model = _shared_depth(DepthSettings(**{"device": device, **(depth or {})}))
         self._vqa_options = dict(vqa or {})
         self._vqa_tool = None
         self._cache = ResponseCache(Path(cache_dir or default_cache_dir()) / "tools.sqlite") if cache else None
+        self.occupancy = Occupancy()
         # A request's failure (e.g. a phrase too long to read) is returned in its place, not
         # raised, so the batcher hands it to that program alone.
+        # Models on one device take turns; each batcher knows its model's device without loading it.
+        detector_device = _device_name(self.detector.settings.device)
+        depth_device = _device_name(self.depth_model.settings.device)
         self._detect = MicroBatcher(functools.partial(self.detector.detect_batch, errors="return"), max_batch,
-                                    max_wait_ms / 1000, "detector-batches")
-        if depth_max_batch is None:
-            on_gpu = resolve_device(self.depth_model.settings.device).startswith("cuda")
-            depth_max_batch = max_batch if on_gpu else 1
-        self._depth = MicroBatcher(self._depth_batch, depth_max_batch, max_wait_ms / 1000, "depth-batches")
+                                    max_wait_ms / 1000, "detector-batches", self.occupancy, detector_device)
+        depth_max_batch = depth_max_batch or max_batch
+        if depth_pass_images is None:
+            depth_pass_images = depth_max_batch if depth_device.startswith("cuda") else 1
+        if depth_pass_images < 1:
+            raise ValueError(f"depth_pass_images must be at least 1, got {depth_pass_images}")
+        self._depth_pass_images = depth_pass_images
+        self._depth = MicroBatcher(self._depth_batch, depth_max_batch, max_wait_ms / 1000, "depth-batches",
+                                   self.occupancy, depth_device)
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
         self._maps_limit = depth_maps_in_memory
         self._pending_maps: dict[str, Future] = {}
@@ -147,6 +178,9 @@ class ModelBackend(ToolBackend):
 
     # ------------------------------------------------------------------ tools
 
+    def in_flight(self) -> ContextManager[None]:
+        return self.occupancy.program()
+
     def gd_detect(self, context: ToolContext, phrases: list[str]) -> list[dict[str, Any]]:
         return self._cached("gd_detect", context, phrases, self.detector.fingerprint,
                             lambda: self._detect.submit((context.pil(), phrases)))
@@ -157,15 +191,25 @@ class ModelBackend(ToolBackend):
 
     def vqa(self, context: ToolContext, box: list[float] | None, question: str) -> str:
         tool = self.vqa_tool
-        return self._cached("vqa", context, [box, question], tool.fingerprint,
-                            lambda: tool.answer(context.pil(), box, question))
+        image = context.pil()
+
+        def answer() -> str:
+            with self.occupancy.blocked():  # a remote call: the program waits
+                return tool.answer(image, box, question)
+
+        return self._cached("vqa", context, [box, question], tool.fingerprint, answer)
 
     def ask_region(self, context: ToolContext, region: tuple[int, int, int, int] | None, text: str,
                    question: str) -> str:
         tool = self.vqa_tool
         image = context.pil()
-        return self._cached("vqa_region", context, [list(region) if region else None, text], tool.fingerprint,
-                            lambda: tool.ask(image.crop(region) if region else image, text))
+
+        def ask() -> str:
+            crop = image.crop(region) if region else image
+            with self.occupancy.blocked():
+                return tool.ask(crop, text)
+
+        return self._cached("vqa_region", context, [list(region) if region else None, text], tool.fingerprint, ask)
 
     @property
     def vqa_tool(self):
@@ -191,7 +235,8 @@ class ModelBackend(ToolBackend):
             if owner:
                 pending = self._pending_maps[key] = Future()
         if not owner:
-            return pending.result()
+            with self.occupancy.blocked():  # another program's request computes this map
+                return pending.result()
         try:
             depth_map = self._depth.submit(context.pil())
         except BaseException as exc:
@@ -209,7 +254,13 @@ class ModelBackend(ToolBackend):
 
     def _depth_batch(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         self.stats["depth_maps"] += len(images)
-        return self.depth_model.depth_maps(images)
+        step = self._depth_pass_images
+        maps: list[np.ndarray] = []
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            self.stats["depth_passes"] += len({image.size for image in chunk})  # one pass per size
+            maps += self.depth_model.depth_maps(chunk)
+        return maps
 
     # ------------------------------------------------------------------
 
