@@ -12,27 +12,30 @@ sandbox (zygote, launcher, programs). Each figure is the median of ``--repeats``
 Targets on a 2-core machine: (c) trivial >= 400 programs/s at <= 4 ms of CPU each, (c)/(b) >= 5,
 (d) >= 300 programs/s.
 
-    python benchmarks/executor_throughput.py [--programs 600] [--fresh 24] [--repeats 3] [--json FILE]
+    python benchmarks/executor_throughput.py [--programs 600] [--fresh 24] [--repeats 3] [--no-run] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
-import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.sandbox.executor import Sandbox
-from harness.sandbox.runtime import ImageHandle, execute, program_namespace
-from harness.tools import in_process_caller
-from harness.tools.api import check_call
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure, table  # noqa: E402
 
+from harness.sandbox.executor import Sandbox  # noqa: E402
+from harness.sandbox.runtime import ImageHandle, execute, program_namespace  # noqa: E402
+from harness.tools import in_process_caller  # noqa: E402
+from harness.tools.api import check_call  # noqa: E402
+
+NAME = "executor_throughput"
 WORKLOADS = {
     "trivial": "final_answer = 6 * 7",
     "10 tool calls": ("total = 0.0\n"
@@ -128,61 +131,52 @@ def synthetic_reference_run() -> float:
         return n / (time.perf_counter() - start)
 
 
-def _median(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--programs", type=int, default=600, help="programs per measurement for (a) and (c)")
-    parser.add_argument("--fresh", type=int, default=24, help="programs for (b), which is slow")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is shown)")
-    parser.add_argument("--no-run", action="store_true", help="skip (d), the whole synthetic reference run")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON")
-    args = parser.parse_args()
+def measure(quick: bool = False, programs: int | None = None, fresh: int | None = None, repeats: int = 3,
+            with_run: bool = True) -> list[Figure]:
     logging.disable(logging.WARNING)
-
-    figures: dict[str, dict] = {}
+    programs = programs or (200 if quick else 600)
+    fresh = fresh or (12 if quick else 24)
+    figures: list[Figure] = []
     with Sandbox(spares=IN_FLIGHT) as sandbox:
         layers = ", ".join(sandbox.isolation)
         for workload, code in WORKLOADS.items():
             a, b, c, cpu = [], [], [], []
-            for _ in range(args.repeats):
-                a.append(in_process(code, args.programs))
-                b.append(fresh_interpreters(code, args.fresh))
-                rate, ms = warm_sandbox(sandbox, code, args.programs)
+            for _ in range(repeats):
+                a.append(in_process(code, programs))
+                b.append(fresh_interpreters(code, fresh))
+                rate, ms = warm_sandbox(sandbox, code, programs)
                 c.append(rate)
                 cpu.append(ms)
-            figures[workload] = {"a": _median(a), "b": _median(b), "c": _median(c), "cpu_ms": _median(cpu),
-                                 "ratio": _median([x / y for x, y in zip(c, b)])}
-    run = _median([synthetic_reference_run() for _ in range(args.repeats)]) if not args.no_run else None
+            trivial = workload == "trivial"
+            figures += [
+                Figure(NAME, f"{workload}: (a) in-process exec (unsafe)", "programs/s", a),
+                Figure(NAME, f"{workload}: (b) 4 fresh interpreters", "programs/s", b, note=layers),
+                Figure(NAME, f"{workload}: (c) warm sandbox", "programs/s", c, ">= 400" if trivial else None,
+                       f"{IN_FLIGHT} in flight; {layers}"),
+                Figure(NAME, f"{workload}: (c) machine CPU per program", "ms", cpu, "<= 4" if trivial else None,
+                       "the harness process and every sandbox process"),
+                Figure(NAME, f"{workload}: (c) / (b)", "x", [x / y for x, y in zip(c, b)], ">= 5", "each run's own ratio"),
+            ]
+    if with_run:
+        figures.append(Figure(NAME, "(d) synthetic reference run", "programs/s",
+                              [synthetic_reference_run() for _ in range(repeats)], ">= 300",
+                              "python -m harness run --system reference --tasks synthetic"))
+    return figures
 
-    print(f"Executor throughput (isolation: {layers}; {IN_FLIGHT} programs in flight for (b) and (c); "
-          f"medians of {args.repeats} runs, range in brackets)\n")
-    print("| workload | (a) in-process | (b) 4 fresh interpreters | (c) warm sandbox | (c) CPU per program | (c)/(b) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for workload, f in figures.items():
-        a, b, c, cpu, ratio = f["a"], f["b"], f["c"], f["cpu_ms"], f["ratio"]
-        print(f"| {workload} | {a[0]:.0f}/s | {b[0]:.1f}/s [{b[1]:.1f}-{b[2]:.1f}] | {c[0]:.0f}/s [{c[1]:.0f}-{c[2]:.0f}] "
-              f"| {cpu[0]:.2f} ms [{cpu[1]:.2f}-{cpu[2]:.2f}] | {ratio[0]:.0f}x |")
-    if run:
-        print(f"\n(d) synthetic reference run: {run[0]:.0f} programs/s [{run[1]:.0f}-{run[2]:.0f}]")
-    trivial = figures["trivial"]
-    checks = [("(c) trivial programs/s", trivial["c"][0], ">=", 400, "programs/s"),
-              ("(c) CPU per trivial program", trivial["cpu_ms"][0], "<=", 4.0, "ms"),
-              ("(c)/(b), smallest", min(f["ratio"][0] for f in figures.values()), ">=", 5, "x")]
-    if run:
-        checks.append(("(d) synthetic reference run", run[0], ">=", 300, "programs/s"))
-    print()
-    results = []
-    for name, value, op, target, unit in checks:
-        ok = value >= target if op == ">=" else value <= target
-        print(f"target {name} {op} {target} {unit}: {'PASS' if ok else 'MISS'} ({value:.2f})")
-        results.append({"figure": name, "value": value, "unit": unit, "target": f"{op} {target}",
-                        "status": "PASS" if ok else "MISS"})
-    if args.json:
-        args.json.write_text(json.dumps({"isolation": layers, "repeats": args.repeats, "figures": figures,
-                                         "synthetic_run": run, "targets": results}, indent=2) + "\n")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--programs", type=int, default=None, help="programs per measurement for (a) and (c) "
+                                                                     "(default 600; 200 with --quick)")
+    parser.add_argument("--fresh", type=int, default=None, help="programs for (b), which is slow (default 24)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is shown)")
+    parser.add_argument("--no-run", action="store_true", help="skip (d), the whole synthetic reference run")
+    parser.add_argument("--quick", action="store_true", help="fewer programs per measurement")
+    args = parser.parse_args()
+    figures = measure(args.quick, args.programs, args.fresh, args.repeats, not args.no_run)
+    print(f"Executor throughput ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {IN_FLIGHT} programs in "
+          f"flight for (b) and (c); medians of {args.repeats} runs)\n")
+    print(table(figures))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 from typing import Any, Mapping, cast
 
 from harness.backends.base import BackendError
+from harness.backends.http11 import HttpError, Http11Pool, proxy_for
 from harness.backends.messages import Message, Turn, image_data_uri, parse_messages
 from harness.backends.remote import RemoteChatBackend
 from harness.backends.retry import AttemptFailure, RetryPolicy, attempt_count, retry_after_seconds
@@ -69,10 +70,11 @@ _CONNECTIONS_PER_POOL = 16
 
 
 class _PooledClients:
-    """The httpx2 clients of one event loop for one URL: ``size`` connections in
-    all, split into pools of at most ``_CONNECTIONS_PER_POOL``. A request goes to
-    the least busy pool; as at most ``size`` requests are in flight (the loop's
-    slots), that pool always has a free connection, so no request waits for one."""
+    """The httpx2 clients of one event loop for one URL, used where a proxy applies (the lean
+    client connects directly only): ``size`` connections in all, split into pools of at most
+    ``_CONNECTIONS_PER_POOL``. A request goes to the least busy pool; as at most ``size``
+    requests are in flight (the loop's slots), that pool always has a free connection, so no
+    request waits for one."""
 
     def __init__(self, url: str, size: int, **client_options: Any) -> None:
         import httpx2
@@ -97,6 +99,10 @@ class _PooledClients:
         for client in self._clients:
             await client.aclose()
 
+    @property
+    def is_closed(self) -> bool:
+        return all(client.is_closed for client in self._clients)
+
 
 class OpenAIChat(RemoteChatBackend):
     """Chat completions from any OpenAI-compatible endpoint.
@@ -119,15 +125,16 @@ class OpenAIChat(RemoteChatBackend):
     for more than ``max_retry_after_s`` is not waited for. Other statuses, and
     replies that are not a chat completion with text, fail at once.
 
-    Requests go out with plain httpx2 (the SDK's own HTTP library), built as the
-    SDK builds them, from the running event loop (``acomplete``,
-    ``acomplete_many``) or, for ``complete`` and ``complete_many``, from the
-    backend's own loop thread: no thread per request, no SDK models, small
-    connection pools (:class:`_PooledClients`). That takes about a third of the
-    CPU time per request of the SDK's ``AsyncOpenAI``, so that even 2 cores keep
-    hundreds of requests in flight. At most ``max_concurrency`` requests are in
-    flight per event loop (all threads share the backend's loop);
-    ``requests_per_minute`` (None: unlimited) paces them on the client's side.
+    Requests are built as the SDK builds them and sent from the running event
+    loop (``acomplete``, ``acomplete_many``) or, for ``complete`` and
+    ``complete_many``, from the backend's own loop thread, over a lean HTTP/1.1
+    client (:mod:`harness.backends.http11`; httpx2, the SDK's own HTTP library,
+    where a ``*_PROXY`` variable applies): no thread per request, no SDK models,
+    kept-alive connections. That takes about a tenth of the CPU time per request
+    of the SDK's ``AsyncOpenAI``, so that even 2 cores keep hundreds of requests
+    in flight. At most ``max_concurrency`` requests are in flight per event loop
+    (all threads share the backend's loop); ``requests_per_minute`` (None:
+    unlimited) paces them on the client's side.
 
     ``seed`` (here or per call) is sent when set; servers that honour it
     (vLLM, OpenAI on a best-effort basis) then sample reproducibly.
@@ -239,7 +246,7 @@ class OpenAIChat(RemoteChatBackend):
         return fields
 
     def _http_request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
-        """Keyword arguments of ``httpx2.AsyncClient.post`` for the request the SDK
+        """Keyword arguments of ``post`` (the lean client's or httpx2's) for the request the SDK
         would send: one JSON body of the SDK's fields and ``extra_body``'s (which
         wins, as in the SDK); ``extra_headers``, ``extra_query`` and ``timeout``
         set the request's headers, query and timeout, as they do in the SDK."""
@@ -258,7 +265,7 @@ class OpenAIChat(RemoteChatBackend):
 
     async def acomplete(self, messages: list[Message], **sampling: Any) -> str:
         request = self._http_request(messages, sampling)
-        clients = cast(_PooledClients, (await self._loop_state()).transport)
+        clients = cast(Http11Pool | _PooledClients, (await self._loop_state()).transport)
 
         async def send() -> tuple[str, int]:
             response = await clients.post(**request)
@@ -269,16 +276,18 @@ class OpenAIChat(RemoteChatBackend):
         (body, status), attempt = await self._acall_with_retries(send)
         return self._reply_text(body, status, attempt)
 
-    def _open_transport(self) -> _PooledClients:
+    def _open_transport(self) -> Http11Pool | _PooledClients:
         import httpx2
 
-        # Loading the CA bundle takes tens of milliseconds: once per backend, not per loop.
-        if self._ssl_context is None:
+        url = f"{self.base_url}{'responses' if self.api == 'responses' else 'chat/completions'}"
+        # Loading the CA bundle takes tens of milliseconds: once per backend, not per loop. It is
+        # the one httpx2 (and so the SDK) verifies servers with.
+        if self._ssl_context is None and (url.startswith("https:") or proxy_for(url)):
             self._ssl_context = httpx2.create_ssl_context()
+        if proxy_for(url) is None:
+            return Http11Pool(url, self.retry.max_concurrency, self._async_headers, self._ssl_context)
         # The SDK's client settings: its timeout for each phase, redirects followed.
-        path = "responses" if self.api == "responses" else "chat/completions"
-        return _PooledClients(f"{self.base_url}{path}", self.retry.max_concurrency,
-                              headers=self._async_headers, verify=self._ssl_context,
+        return _PooledClients(url, self.retry.max_concurrency, headers=self._async_headers, verify=self._ssl_context,
                               timeout=httpx2.Timeout(self.timeout_s), follow_redirects=True)
 
     def _failure(self, exc: Exception) -> AttemptFailure | None:
@@ -298,6 +307,8 @@ class OpenAIChat(RemoteChatBackend):
                 cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
             return AttemptFailure.connection(cause)
         if isinstance(exc, httpx2.RequestError):  # what the SDK reports as APIConnectionError
+            return AttemptFailure.connection(exc)
+        if isinstance(exc, (HttpError, OSError, EOFError)):  # the lean client's: refused, reset, cut off
             return AttemptFailure.connection(exc)
         return None
 

@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -150,6 +151,16 @@ class _LoopThread:
             except RuntimeError:
                 pass
         self._thread.join(timeout=10)
+
+
+if sys.version_info >= (3, 11):
+    async def _within(coroutine: Awaitable[_T], seconds: float) -> _T:
+        """``coroutine``'s result, cancelled after ``seconds`` (TimeoutError): on the calling task,
+        without the task and callbacks ``asyncio.wait_for`` adds to every request."""
+        async with asyncio.timeout(seconds):
+            return await coroutine
+else:
+    _within = asyncio.wait_for
 
 
 def _policy_setting(name: str) -> property:
@@ -291,7 +302,7 @@ class RemoteChatBackend(ChatBackend):
                     pacer = self._rate()
                     if pacer is not None:  # a shared pacer's reserve is one short call to where it lives
                         await asyncio.sleep(pacer.reserve())
-                    result = await asyncio.wait_for(send(), self.retry.timeout_s)
+                    result = await _within(send(), self.retry.timeout_s)
                 _tell_watchers(self._where, None)
                 return result, attempt
             except asyncio.TimeoutError as exc:  # ours, or a transport timeout inside the deadline

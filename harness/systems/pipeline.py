@@ -62,7 +62,11 @@ class ProgramPipeline(Generic[Sample, Program, Result]):
         waiting_or_running = 0  # programs handed to the workers and not yet answered
         try:
             while True:
-                if not writing and not exhausted and ready.qsize() < self.batch:
+                # Programs written and not yet taken by a worker, counted here rather than read
+                # off the queue (whose workers may not have woken yet), so that the next batch
+                # starts the moment the last one is written and leaves room.
+                waiting = max(0, waiting_or_running - self.workers)
+                if not writing and not exhausted and waiting < self.batch:
                     batch = list(itertools.islice(source, self.batch)) if self.batch > 0 else []
                     if batch:
                         writing = True

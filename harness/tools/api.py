@@ -59,6 +59,8 @@ def vqa(image, box=None, question=None):
 
 
 API: dict[str, Callable] = {"gd_detect": gd_detect, "depth": depth, "vqa": vqa}
+# Built once: every tool call of every program is bound to one of these.
+SIGNATURES: dict[str, inspect.Signature] = {name: inspect.signature(function) for name, function in API.items()}
 
 
 def describe_api(names: tuple[str, ...] = tuple(API)) -> str:
@@ -117,7 +119,7 @@ def check_call(name: str, args: list, kwargs: dict) -> ToolCall:
     if name not in API:
         raise ValueError(f"unknown tool {name!r}")
     try:
-        bound = inspect.signature(API[name]).bind(*args, **kwargs)
+        bound = SIGNATURES[name].bind(*args, **kwargs)
     except TypeError as exc:
         raise ValueError(f"{name}(): {exc}") from None
     bound.apply_defaults()

@@ -55,6 +55,7 @@ def depth(img_pth, bbox):
 
 
 PAPER_API: dict[str, Callable] = {"gd_detect": gd_detect, "vqa": vqa, "depth": depth}
+_SIGNATURES = {name: inspect.signature(function) for name, function in PAPER_API.items()}  # built once
 
 
 def detector_caption(prompt: str) -> tuple[str, list[str]]:
@@ -164,7 +165,7 @@ class PaperToolSession:
         if name not in PAPER_API:
             raise ValueError(f"unknown tool {name!r}")
         try:
-            bound = inspect.signature(PAPER_API[name]).bind(*args, **kwargs)
+            bound = _SIGNATURES[name].bind(*args, **kwargs)
         except TypeError as exc:
             raise ValueError(f"{name}(): {exc}") from None
         bound.apply_defaults()
