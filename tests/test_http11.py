@@ -149,6 +149,15 @@ def test_a_stalled_response_times_out_and_its_connection_is_dropped():
     assert results[1].text == "next" and server.connections == 2  # the cut connection was not reused
 
 
+def test_an_sdk_timeout_object_bounds_the_request():
+    import httpx2
+
+    part = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart"
+    # the second reply keeps the server waiting on the connection, not closing it
+    (result,), _ = run([part, ok()], [post(timeout=httpx2.Timeout(0.2, connect=0.1))])
+    assert isinstance(result, asyncio.TimeoutError)
+
+
 def test_a_reset_before_any_reply_on_a_kept_connection_is_sent_again_once():
     (first, second), server = run([ok(b"one"), RESET, ok(b"two")], [post(), post()])
     assert (first.text, second.text) == ("one", "two") and server.connections == 2

@@ -112,7 +112,8 @@ class Http11Pool:
         if params:
             path += ("&" if "?" in path else "?") + urllib.parse.urlencode(params, doseq=True)
         send = self._post(path, content, headers)
-        return await (asyncio.wait_for(send, timeout) if timeout is not None else send)
+        seconds = _seconds(timeout)
+        return await (asyncio.wait_for(send, seconds) if seconds is not None else send)
 
     async def _post(self, path: str, content: bytes, headers: Mapping[str, str] | None) -> Response:
         for _ in range(_MAX_REDIRECTS + 1):
@@ -216,6 +217,15 @@ class Http11Pool:
         self._idle.clear()
         for connection in list(self._all):
             self._drop(connection)
+
+
+def _seconds(timeout: Any) -> float | None:
+    """A request's ``timeout`` as the SDK takes it: seconds, None, or an httpx2 ``Timeout`` (whose
+    longest phase then bounds the whole request here)."""
+    if timeout is None or isinstance(timeout, (int, float)):
+        return timeout
+    phases = [getattr(timeout, name, None) for name in ("connect", "read", "write", "pool")]
+    return max((phase for phase in phases if phase is not None), default=None)
 
 
 class _NothingRead(HttpError):
