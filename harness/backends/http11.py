@@ -3,8 +3,9 @@
 Hundreds of model calls in flight from one process (a GRPO step's verifier
 judgements) spend most of their client time in the HTTP stack; a general client
 (httpx: anyio, a connection pool walked on every request, h11's event machine)
-takes about 0.8 ms of CPU per request, this about a fifth of that, so that 2 cores
-keep 256 requests in flight at the server's pace. It does only what these calls
+takes several times the CPU per request of this one, which lets 2 cores keep 256
+requests in flight at the server's pace (``benchmarks/reward_throughput.py``
+prints the client's CPU per request). It does only what these calls
 need: POST with a body of known length, a response framed by ``Content-Length``,
 chunked encoding or the connection's end, gzip or deflate bodies, TLS with the
 caller's context, and 307/308 redirects to the same origin. Where a proxy applies

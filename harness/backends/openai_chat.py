@@ -130,9 +130,9 @@ class OpenAIChat(RemoteChatBackend):
     ``complete_many``, from the backend's own loop thread, over a lean HTTP/1.1
     client (:mod:`harness.backends.http11`; httpx2, the SDK's own HTTP library,
     where a ``*_PROXY`` variable applies): no thread per request, no SDK models,
-    kept-alive connections. That takes about a tenth of the CPU time per request
-    of the SDK's ``AsyncOpenAI``, so that even 2 cores keep hundreds of requests
-    in flight. At most ``max_concurrency`` requests are in flight per event loop
+    kept-alive connections. That takes a small fraction of the CPU time per
+    request of the SDK's ``AsyncOpenAI``, so that even 2 cores keep hundreds of
+    requests in flight. At most ``max_concurrency`` requests are in flight per event loop
     (all threads share the backend's loop); ``requests_per_minute`` (None:
     unlimited) paces them on the client's side.
 
