@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,9 +37,16 @@ class RecordsError(ValueError):
     """A records file with a line that is not a record; the message names the file and the line."""
 
 
+# One encoder and decoder for every record: json.dumps and json.loads with options build
+# new ones on every call, a good part of what a record costs to write and read.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=to_jsonable)
+_decode = json.JSONDecoder().decode
+_TAIL_CHUNK = 1 << 16
+
+
 def _parse(line: bytes, path: Path, number: int) -> dict:
     try:
-        record = json.loads(line)
+        record = _decode(line.decode("utf-8", "surrogatepass"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RecordsError(f"{path}: line {number} is not valid JSON ({exc})") from None
     if not isinstance(record, dict) or "id" not in record:
@@ -47,48 +55,48 @@ def _parse(line: bytes, path: Path, number: int) -> dict:
 
 
 def dumps(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, default=to_jsonable)
+    return _ENCODER.encode(record)
 
 
-def _scan(path: Path) -> tuple[set[str], int]:
-    """Ids of the complete records in a file and the byte length they occupy."""
-    done: set[str] = set()
-    good_bytes = 0
+def complete_length(path: Path) -> int:
+    """The bytes of a file up to the end of its last complete line (read from the end)."""
+    size = path.stat().st_size
     with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                log.warning("%s: dropping torn last line %d (%d bytes) from an interrupted run",
-                            path, number, len(line))
-                break
-            done.add(_parse(line, path, number)["id"])
-            good_bytes += len(line)
-    return done, good_bytes
+        end = size
+        while end > 0:
+            start = max(end - _TAIL_CHUNK, 0)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
 
 
 class RecordWriter:
-    """Appends records to a JSONL file; with ``resume`` it continues an existing one."""
+    """Appends records to a JSONL file; with ``resume`` it continues an existing one, after
+    cutting off a torn last line (the trace of a kill in mid-write). Which samples the file
+    already holds is the caller's to know (:func:`harness.runstate.prepare_resume` reads them)."""
 
     def __init__(self, path: str | Path, resume: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()  # ids recorded: by the run being resumed, then by this writer
         if self.path.exists() and self.path.stat().st_size:
             if not resume:
                 raise FileExistsError(f"{self.path} already holds records; pass --resume to continue that run")
-            self.done, good_bytes = _scan(self.path)
+            good_bytes = complete_length(self.path)
             if good_bytes != self.path.stat().st_size:
+                log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", self.path,
+                            self.path.stat().st_size - good_bytes)
                 os.truncate(self.path, good_bytes)
         self._file = self.path.open("a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
-        if record["id"] in self.done:
-            raise ValueError(f"{self.path}: sample {record['id']!r} is already recorded")
         try:
             self._file.write(dumps(record) + "\n")  # one write per line, so lines never interleave
             self._file.flush()
         except OSError as exc:  # a full disk: name the file (a resume redoes a line cut short)
             raise OSError(exc.errno, exc.strerror, str(self.path)) from None
-        self.done.add(record["id"])
 
     def close(self) -> None:
         if not self._file.closed:
@@ -112,6 +120,55 @@ def read_records(path: str | Path) -> Iterator[dict]:
                 log.warning("%s: skipping torn last line %d", path, number)
                 return
             yield _parse(line, path, number)
+
+
+_RECORD_START = b'\n{"id": '  # how every line this harness writes begins (the file's start reads as a "\n")
+_COUNT_CHUNK = 1 << 24
+
+
+def _lines_are_records(f: Any, length: int) -> bool:
+    """Whether each of the first ``length`` bytes' lines begins as this harness writes a record:
+    two byte counts, no parsing. A line that does not (another writer, a damaged file) makes the
+    caller read the file whole, so that a damaged line is reported as any reader reports it."""
+    f.seek(0)
+    lines = starts = 0
+    carry = b"\n"
+    while length > 0 and (chunk := f.read(min(_COUNT_CHUNK, length))):
+        length -= len(chunk)
+        block = carry + chunk
+        lines += chunk.count(b"\n")
+        starts += block.count(_RECORD_START)
+        carry = block[1 - len(_RECORD_START):]  # a start cut by the chunk's end is counted in the next block
+    return starts == lines
+
+
+def find_records(path: str | Path, sample_id: str) -> list[dict]:
+    """The records of one sample in a file. When every line begins as this harness writes records
+    (checked with a byte count), the lines holding the sample's ``"id": ...`` text are found with
+    a byte search and only they are parsed; any other file is read whole (and a damaged line is
+    reported as :func:`read_records` reports it)."""
+    path = Path(path)
+    if not path.stat().st_size:
+        return []
+    needle = _RECORD_START + json.dumps(sample_id, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    found = []
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        complete = data.rfind(b"\n") + 1  # a torn last line is no record
+        if not _lines_are_records(f, complete):
+            return [r for r in read_records(path) if r["id"] == sample_id]
+        at = 0 if data[:len(needle) - 1] == needle[1:] else data.find(needle, 0, complete)
+        while 0 <= at < complete:
+            start = at + (data[at:at + 1] == b"\n")
+            end = data.find(b"\n", start)
+            try:
+                record = _parse(data[start:end + 1], path, 0)
+            except RecordsError:  # a line that begins as a record and is not one: named by its number
+                _parse(data[start:end + 1], path, data[:start].count(b"\n") + 1)
+                raise
+            if record["id"] == sample_id:
+                found.append(record)
+            at = data.find(needle, end, complete)
+    return found
 
 
 def write_records_atomically(path: str | Path, records: Iterator[dict]) -> int:
