@@ -149,3 +149,30 @@ def test_original_predictions_decode_the_tokens_above_the_text_threshold(checkpo
         assert set(d["phrase"].split()) <= set(WORDS) | {"[SEP]"}
     # A caption longer than the text length is cut, as the original cuts it, not refused.
     assert isinstance(gd.original_predictions([(image, " . ".join(PHRASES))])[0], list)
+
+
+def test_the_paper_gd_detect_reads_the_original_predict_through_the_tool_server(checkpoint):
+    """The paper protocol's gd_detect with the real detector: the caption as the original built it,
+    the original predict's phrases and boxes, shaped as the original returned them."""
+    import io
+
+    from harness.tools.paper_api import PAPER_BOX_THRESHOLD, PAPER_TEXT_THRESHOLD, PaperToolSession, shape_detections
+
+    image = noise(50, 60, 3)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    context = ToolContext(BytesImage(buffer.getvalue()), (60, 50))
+    backend = make_backend("real", device="cpu", cache=False, detector={"checkpoint": checkpoint})
+    try:
+        gd = backend.detector
+        low = backend.detect_caption(context, "red-cube . dog", 0.0, 0.0)  # every query passes at 0
+        assert low and all(len(box) == 4 and isinstance(phrase, str) for box, phrase in low)
+        expected = gd.original_predictions([(image, "red-cube . dog")], box_threshold=0.0, text_threshold=0.0)[0]
+        assert low == [(d["cxcywh"], d["phrase"]) for d in expected]
+        session = PaperToolSession(backend, context, "image.png", texts=None)
+        found = session.call("gd_detect", ["image.png", "red cube, dog"], {})
+        raw = backend.detect_caption(context, "red-cube . dog", PAPER_BOX_THRESHOLD, PAPER_TEXT_THRESHOLD)
+        assert found == shape_detections(raw, ["red-cube", "dog"], (60, 50))
+        assert all(isinstance(v, int) for d in found for v in d["bbox"])
+    finally:
+        backend.close()

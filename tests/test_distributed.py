@@ -328,4 +328,4 @@ def test_without_ray_the_flag_says_how_to_install_it(synthetic, tmp_path, capsys
                "--output-path", tmp_path / "run", "--ray")
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "pip install 'valor-harness[ray]'" in err
+    assert 'pip install -e ".[ray]"' in err

@@ -8,7 +8,10 @@ following lines of a usage synopsis indented under it) or in an inline code span
 from __future__ import annotations
 
 import argparse
+import functools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,43 @@ def test_the_check_finds_commands_and_catches_wrong_ones():
     assert problems_of(found[1][1], commands) == ["run has no flag --no-such-flag"]
     assert problems_of(found[2][1], commands) == ["check has no flag --nope"]
     assert problems_of(found[3][1], commands) == ["no command 'frobnicate'"]
+
+
+_SCRIPT = re.compile(r"python ((?:benchmarks|tools|recipes)/[\w/.-]+\.py)([^`\n#]*)")
+
+
+@functools.lru_cache(maxsize=None)
+def _help_of(path: str) -> str:
+    done = subprocess.run([sys.executable, str(REPO / path), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def script_problems(text: str) -> list[str]:
+    """Scripts of the repository that a page runs (`python benchmarks/x.py --flag`): each exists,
+    answers --help, and takes every flag shown."""
+    problems = []
+    for path, arguments in _SCRIPT.findall(text):
+        if not (REPO / path).is_file():
+            problems.append(f"no script {path}")
+            continue
+        usage = _help_of(path)
+        if not usage:
+            problems.append(f"{path} --help fails")
+            continue
+        head = arguments.split(" -- ")[0]  # after `--`, the flags belong to another program
+        problems += [f"{path} has no flag {flag}" for flag in _FLAG.findall(head)
+                     if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", usage)]
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_script_and_flag_on_the_page_exists(page):
+    problems = script_problems(page.read_text(encoding="utf-8"))
+    assert not problems, "\n".join(f"{page.name}: {problem}" for problem in problems)
+
+
+def test_the_script_check_catches_wrong_ones():
+    assert script_problems("`python tools/check_extras.py --list`") == []
+    assert script_problems("`python tools/check_extras.py --nope`") == ["tools/check_extras.py has no flag --nope"]
+    assert script_problems("`python benchmarks/missing.py`") == ["no script benchmarks/missing.py"]

@@ -39,6 +39,7 @@ COARSE, CROP, DEDUP = "open-vocabulary object detector", "cut out of a larger ph
 @pytest.mark.parametrize("code, phrases", [
     ('d = gd_detect(image, "Red  Mug, chair")', ["red mug", "chair"]),
     ('d = gd_detect(image=image, phrases="chair . table")', ["chair", "table"]),
+    ('d = gd_detect(img_pth, prompt="red mug, chair")', ["red mug", "chair"]),  # the original's API
     ('target = "Cup"\nd = gd_detect(image, target)', ["cup"]),
     ('d = gd_detect(image, "red" + " " + "cube")', ["red cube"]),
     ('c = "blue"\nd = gd_detect(image, f"{c} sphere")\ne = gd_detect(image, f"cone")', ["blue sphere", "cone"]),

@@ -288,27 +288,40 @@ def test_a_program_cannot_see_a_siblings_files(sandbox):
     tools = Tools()
     writer = ("open('secret.txt', 'w').write('sibling-secret-42')\nimport os\nfinal_answer = os.getcwd()\n"
               "wait(image)")
+    # The walk is bounded (a /proc of a busy CI host is vast); /proc is attacked directly instead, through
+    # every process's cwd and root links, which is where a sibling's workspace would show.
     searcher = """\
-import os
-found = []
+import glob, os
+found, budget = [], [4000]
+def read(path):
+    try:
+        if 'sibling-secret-42' in open(path, errors='ignore').read(100):
+            found.append(path)
+    except OSError:
+        pass
 def look(root, depth):
-    if depth > 6 or len(found) > 5:
+    if depth > 6 or budget[0] <= 0:
         return
     try:
         entries = os.listdir(root)
     except OSError:
         return
     for entry in entries:
+        budget[0] -= 1
         path = os.path.join(root, entry)
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                look(path, depth + 1)
-            elif 'sibling-secret-42' in open(path, errors='ignore').read(100):
-                found.append(path)
-        except OSError:
-            pass
-for start in ('/tmp', os.path.dirname(os.getcwd()), '/proc', '/run', '/dev/shm', '/var/tmp'):
+        if os.path.isdir(path) and not os.path.islink(path):
+            look(path, depth + 1)
+        else:
+            read(path)
+for start in ('/tmp', os.path.dirname(os.getcwd()), '/run', '/dev/shm', '/var/tmp'):
     look(start, 0)
+for link in glob.glob('/proc/[0-9]*/cwd') + glob.glob('/proc/[0-9]*/root'):
+    read(os.path.join(link, 'secret.txt'))
+    try:
+        for entry in os.listdir(link)[:50]:
+            read(os.path.join(link, entry))
+    except OSError:
+        pass
 release(image)
 final_answer = found
 """

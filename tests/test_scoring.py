@@ -1001,3 +1001,10 @@ def test_a_scoring_failure_is_that_samples_status_and_the_run_goes_on(tmp_path, 
     assert [r["id"] for r in failed] == ["3"] and "RuntimeError: a bug" in failed[0]["detail"]
     assert all(r["scores"]["strict"] == 1.0 for r in records if r["id"] != "3")
     assert json.loads((out / "results.json").read_text())["results"]["toy_counting"]["status_counts"]["scoring_error"] == 1
+
+
+def test_plurals_of_words_ending_in_s():
+    from harness.scoring.extract import singular
+
+    assert [singular(w) for w in ("buses", "gases", "houses", "horses", "glasses", "boxes")] == \
+        ["bus", "gas", "house", "horse", "glass", "box"]

@@ -68,6 +68,7 @@ DOCUMENTED = (
     InstallSet(("tools", "grounding"), why="detector fine-tuning (recipes/grounding_sft)"),
     InstallSet(("tools", "vllm"), why="pseudo-labels (recipes/grounding_pseudolabels)"),
     InstallSet(("vllm", "tools", "depth"), why="the evaluation environment"),
+    InstallSet(("vllm", "tools", "depth", "ray"), why="the evaluation environment on a Ray cluster (docs/scaling.md)"),
     InstallSet(("trl-vllm", "api"), why="GRPO and SFT with TRL (recipes/reasoning_grpo_trl, reasoning_sft)"),
     InstallSet(("verl", "api"), why="GRPO with verl (recipes/reasoning_grpo_verl)"),
     InstallSet(("api",), ("verl==0.9.1", "torch==2.13.0"), why="verl without its rollout engine, on a CPU "

@@ -9,7 +9,7 @@ from harness.distributed.settings import DistributedError, RaySettings
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("distributed runs (Ray; pip install 'valor-harness[ray]')")
+    group = parser.add_argument_group('distributed runs (Ray; pip install -e ".[ray]")')
     group.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                        help="serve the system from replicas on a Ray cluster: no ADDRESS starts one on this machine, "
                             "'auto' joins the cluster running here, HOST:PORT joins that one")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 RAY_VERSION = "2.60.0"
-RAY_INSTALL_HINT = f"pip install 'valor-harness[ray]' (ray=={RAY_VERSION})"
+RAY_INSTALL_HINT = f'pip install -e ".[ray]" (ray=={RAY_VERSION})'
 
 # Environment variables a replica takes from the driver: the harness's own settings and the
 # Hugging Face hub's (offline mode, caches), which shape what a replica reads and where it

@@ -1,11 +1,11 @@
 """GroundingDINO's training loss, with correct targets when a batch's captions differ.
 
-transformers' criterion (``GroundingDinoImageLoss._get_target_classes_one_hot``,
-5.23) concatenates the per-image label maps (one row per phrase of the image's
-caption) and then shifts image i's class indices by ``len(label_maps[i])``, the
-phrase count of image i itself, instead of the number of phrases of all images
-before it. With one caption for the whole batch, which is how it is usually
-trained, that happens to pick equal rows; with a caption per image, as
+transformers' criterion (``GroundingDinoImageLoss._get_target_classes_one_hot``
+in 5.20.2, the pinned version) concatenates the per-image label maps (one row per
+phrase of the image's caption) and then shifts image i's class indices by
+``len(label_maps[i])``, the phrase count of image i itself, instead of the number
+of phrases of all images before it. With one caption for the whole batch, which
+is how it is usually trained, that happens to pick equal rows; with a caption per image, as
 pseudo-label training needs (each image asks for its own phrases plus sampled
 negatives), image 2 onwards trains toward another image's tokens, and an index
 past the end raises an IndexError.

@@ -1,8 +1,9 @@
 """The detector phrases a program asks for, read from its syntax tree.
 
 A program is parsed with :mod:`ast` (never searched with patterns) and every
-call to ``gd_detect`` is found, its phrases given positionally or as
-``phrases=``. The argument is resolved when it is a string literal or simply
+call to ``gd_detect`` is found, its phrases given positionally or by keyword
+(``phrases=`` in our tool API, ``prompt=`` in the original's, which the paper
+protocol's programs use). The argument is resolved when it is a string literal or simply
 built from literals:
 
 - a name assigned such a value earlier (``target = "red mug"``, also inside
@@ -30,7 +31,7 @@ from typing import Iterable, Union
 from harness.tools.api import split_phrases
 
 TOOL = "gd_detect"
-PHRASES_ARGUMENT = "phrases"
+PHRASES_ARGUMENTS = ("phrases", "prompt")  # our API's keyword, the original's
 _MAX_OPTIONS = 64  # possible values of one expression (loops of loops); more is treated as unknown
 _MUTATORS = {"append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse"}
 
@@ -330,7 +331,7 @@ class _Reader:
             return
         self._seen.add(where)
         self.calls += 1
-        argument = next((k.value for k in node.keywords if k.arg == PHRASES_ARGUMENT), None)
+        argument = next((k.value for k in node.keywords if k.arg in PHRASES_ARGUMENTS), None)
         if argument is None and len(node.args) >= 2:
             argument = node.args[1]
         if argument is None or isinstance(argument, ast.Starred) or any(

@@ -238,7 +238,7 @@ def _table(path: Path) -> tuple[list[str], list[list[Any]]]:
             import openpyxl
         except ImportError as exc:
             raise PredictionsFileError(f"{path}: reading .xlsx files needs openpyxl "
-                                       "(pip install 'valor-harness[interop]')") from exc
+                                       "(pip install -e \".[interop]\")") from exc
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
         try:
             values = list(book.worksheets[0].iter_rows(values_only=True))

@@ -77,6 +77,7 @@ _IRREGULAR_PLURALS = {
     "people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
     "mice": "mouse", "geese": "goose", "knives": "knife", "leaves": "leaf", "shelves": "shelf", "wolves": "wolf",
     "halves": "half", "loaves": "loaf", "lives": "life", "wives": "wife", "oxen": "ox", "dice": "die",
+    "buses": "bus", "gases": "gas", "lenses": "lens", "canvases": "canvas", "atlases": "atlas",
 }
 _SINGULAR_ENDINGS = ("ss", "us", "is", "ous")  # glass, bus, axis, famous: not plurals
 

@@ -101,10 +101,11 @@ def parse_verdict(text: str) -> float | None:
     return float(tokens.pop()) if len(tokens) == 1 else None
 
 
-class LLMJudge(Judge):
-    """A judge that asks a chat model; ``complete`` maps messages to reply text."""
+class ModelJudge(Judge):
+    """A judge that asks a model through ``complete``, keeps its verdicts in ``cache`` and
+    releases the model with ``on_close``."""
 
-    def __init__(self, name: str, complete: Callable[[list[dict]], str],
+    def __init__(self, name: str, complete: Callable[[Any], str],
                  cache: ResponseCache | None = None, on_close: Callable[[], None] | None = None) -> None:
         self.name = name
         self._complete = complete
@@ -114,6 +115,10 @@ class LLMJudge(Judge):
     def close(self) -> None:
         if self._on_close is not None:
             self._on_close()
+
+
+class LLMJudge(ModelJudge):
+    """A judge that asks a chat model; ``complete`` maps messages to reply text."""
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         key = cache_key("judge", self.name, JUDGE_PROMPT_VERSION, question, str(gold), str(prediction))
@@ -154,22 +159,16 @@ def paper_verdict(reply: str) -> tuple[float, str | None]:
         return 0.0, f"unreadable verdict {reply[:120]!r} counts 0, as in the original"
 
 
-class PaperJudge(Judge):
+class PaperJudge(ModelJudge):
     """GQA's judge under the paper protocol: the original's prompt (fetched from the pinned
     upstream file) with the question, the gold and the prediction as ``str.format`` writes
-    them, every prediction included (a failed program's is ``None``), one user turn."""
+    them, every prediction included (a failed program's is ``None``), one user turn;
+    ``complete`` maps that text to the reply."""
 
     def __init__(self, name: str, prompt: str, complete: Callable[[str], str],
                  cache: ResponseCache | None = None, on_close: Callable[[], None] | None = None) -> None:
-        self.name = name
+        super().__init__(name, complete, cache, on_close)
         self.prompt = prompt
-        self._complete = complete
-        self._cache = cache
-        self._on_close = on_close
-
-    def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
 
     def judge(self, question: str, gold: Any, prediction: Any) -> Verdict:
         try:

@@ -11,7 +11,6 @@ import re
 from typing import Any, Iterable, Iterator
 
 from harness.backends import BackendError
-from harness.protocol import PROTOCOLS
 from harness.requirements import Requirement
 from harness.scoring.extract import parse_choice, parse_number, parse_yes_no
 from harness.systems.base import System
@@ -72,7 +71,7 @@ class DirectVLMSystem(ChatSystemMixin, System):
 
     kind = "direct_vlm"
     backend_key = "vlm"
-    parameters = {"protocol": typed(str, PROTOCOLS), "vlm": chat_options(), "sampling": sampling(),
+    parameters = {"vlm": chat_options(), "sampling": sampling(),
                   "cache": typed(bool | str), "grounded": typed(bool), "generation_batch": typed(int)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:

@@ -22,6 +22,7 @@ import types
 import typing
 from typing import Any, Callable, Iterable
 
+from harness.protocol import PROTOCOLS
 from harness.registry import Registry
 
 # A check of one value at a dotted path: the problems found, in words (empty: fine).
@@ -259,11 +260,17 @@ def declared_parameters(cls: type) -> dict[str, Check] | None:
     return merged if declared else None
 
 
+# Parameters every kind takes, whatever it declares: the run-level protocol and the resources a
+# replica of the system asks of a Ray cluster (docs/scaling.md).
+COMMON_PARAMETERS: dict[str, Check] = {"protocol": typed(str, PROTOCOLS), "resources": typed(dict | None)}
+
+
 def check_params(cls: type, params: dict[str, Any]) -> list[str]:
     """Every problem of ``params`` for a kind, as ``params.a.b: ...`` lines (empty: fine)."""
     fields = declared_parameters(cls)
     if fields is None:
         return []
+    fields = {**COMMON_PARAMETERS, **fields}
     if getattr(cls, "nullable_params", False):  # null means "as before" (a replay): nothing to check there
         params = _without_nulls(params)
     return mapping(fields)(params, "params")

@@ -27,7 +27,6 @@ import numpy as np
 from harness.idset import DIGEST, digest
 from harness.interop.logs import FORMATS, VLMEVALKIT_FAILURE, ForeignFile, PredictionsFileError, find_files, read_file
 from harness.interop.matching import Match, index_task, match_file, named_task
-from harness.protocol import PROTOCOLS
 from harness.systems.base import System
 from harness.systems.direct import extract_answer
 from harness.systems.params import typed
@@ -91,7 +90,7 @@ class PredictionsSystem(System):
     kind = "predictions"
     reads_images = False
     parameters = {"path": typed(str | None), "format": typed(str | None, (JSONL, *FORMATS)),
-                  "task": typed(str | None), "protocol": typed(str, PROTOCOLS)}
+                  "task": typed(str | None)}
 
     def __init__(self, name: str, params: dict[str, Any], seed: int = 0) -> None:
         super().__init__(name, params, seed)

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 # Imported for its registration: the synthetic benchmark registers its oracle
 # tool backend with TOOL_BACKENDS, and a system's ``tools`` may name it.
 import harness.synthetic  # noqa: F401
-from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
+from harness.protocol import HARNESS, LABEL_FILTERS, PAPER
 from harness.requirements import Isolation, Requirement, UpstreamFile, localized
 from harness.sandbox.executor import ExecutionResult, Sandbox, SandboxPolicy
 from harness.sandbox.isolation import MODES
@@ -76,7 +76,7 @@ class ProgramSystem(System):
 
     kind = "program"
     parameters = {
-        "protocol": typed(str, PROTOCOLS), "tools": tool_backend_name(), "tool_options": tool_options(),
+        "tools": tool_backend_name(), "tool_options": tool_options(),
         "device": typed(str), "concurrency": typed(int), "generation_batch": typed(int),
         "isolation": typed(str, MODES), "limits": mapping(dataclass_fields(SandboxPolicy)),
         "label_filter": typed(str, LABEL_FILTERS),

@@ -97,6 +97,17 @@ def default(row: dict, config: TaskConfig) -> Formatted:
     return Formatted(question, gold, config.answer_type, choices, compat_gold)
 
 
+def omni3d_answer_type(raw: Any, raw_type: Any, column: str | None) -> str:
+    """Omni3D-Bench's per-row answer type (int, float, or str for yes/no and words) as ours."""
+    if raw_type == "int":
+        return AnswerType.INTEGER
+    if raw_type == "float":
+        return AnswerType.FLOAT
+    if raw_type == "str":
+        return AnswerType.YESNO if str(raw).strip().lower() in ("yes", "no") else AnswerType.WORD
+    raise RowFormatError(f"field {column!r} should be int, float or str, got {raw_type!r}")
+
+
 @FORMATTERS.register("omni3d")
 def omni3d(row: dict, config: TaskConfig) -> Formatted:
     """Omni3D-Bench: the answer type is per row (int, float, or str for yes/no and words)."""
@@ -105,14 +116,7 @@ def omni3d(row: dict, config: TaskConfig) -> Formatted:
     question = render_question(row, config)
     raw = field_value(row, config.fields.answer, "answer")
     raw_type = field_value(row, config.fields.answer_type, "answer_type")
-    if raw_type == "int":
-        answer_type = AnswerType.INTEGER
-    elif raw_type == "float":
-        answer_type = AnswerType.FLOAT
-    elif raw_type == "str":
-        answer_type = AnswerType.YESNO if str(raw).strip().lower() in ("yes", "no") else AnswerType.WORD
-    else:
-        raise RowFormatError(f"field {config.fields.answer_type!r} should be int, float or str, got {raw_type!r}")
+    answer_type = omni3d_answer_type(raw, raw_type, config.fields.answer_type)
     gold = typed_gold(raw, answer_type, config.fields.answer)
     return Formatted(question, gold, answer_type, None, raw, {"raw_answer_type": raw_type})
 

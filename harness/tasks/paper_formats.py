@@ -31,7 +31,9 @@ from typing import Any, Callable
 
 from harness.registry import Registry
 from harness.tasks.config import TaskConfig
-from harness.tasks.formats import Formatted, RowFormatError, field_value, render_question, typed_gold
+from harness.tasks.formats import (
+    Formatted, RowFormatError, field_value, omni3d_answer_type, render_question, typed_gold,
+)
 from harness.types import AnswerType
 
 PaperFormatter = Callable[[dict, TaskConfig], Formatted]
@@ -49,14 +51,7 @@ def omni3d(row: dict, config: TaskConfig) -> Formatted:
         raise RowFormatError(f"field {config.fields.question!r} (question) is empty")
     raw = row.get(config.fields.answer, "")
     raw_type = row.get(config.fields.answer_type or "answer_type", "")
-    if raw_type == "int":
-        answer_type = AnswerType.INTEGER
-    elif raw_type == "float":
-        answer_type = AnswerType.FLOAT
-    elif raw_type == "str":
-        answer_type = AnswerType.YESNO if str(raw).strip().lower() in ("yes", "no") else AnswerType.WORD
-    else:
-        raise RowFormatError(f"field {config.fields.answer_type!r} should be int, float or str, got {raw_type!r}")
+    answer_type = omni3d_answer_type(raw, raw_type, config.fields.answer_type)
     return Formatted(str(question), _strict_gold(raw, config, answer_type), answer_type, None, raw,
                      {"raw_answer_type": raw_type})
 

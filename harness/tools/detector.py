@@ -419,12 +419,14 @@ class GroundingDinoDetector(LazyModel):
 
     # ------------------------------------------------------------------ the original predict
 
-    def original_predictions(self, requests: Sequence[tuple[Image.Image, str]],
-                             errors: str = "raise") -> list[list[dict[str, Any]] | BaseException]:
+    def original_predictions(self, requests: Sequence[tuple[Image.Image, str]], errors: str = "raise",
+                             box_threshold: float | None = None,
+                             text_threshold: float | None = None) -> list[list[dict[str, Any]] | BaseException]:
         """What the original GroundingDINO ``predict`` returns for each (image, caption): every
         query whose best token probability passes the box threshold, with that probability
         (``score``), its box (``cxcywh`` normalised as the model gives it, ``box`` in pixels of
-        the image, clipped to it) and ``phrase``: the caption tokens above the text threshold,
+        the image, clipped to it) and ``phrase``: the caption tokens above the text threshold
+        (the thresholds are the detector's settings unless given),
         decoded by the tokenizer with the periods removed (e.g. "red - mug" for the caption
         "red-mug ."). The caption is prepared as the original does (lower-cased, stripped,
         " ." appended unless it ends with a period) and cut at the model's text length, as the
@@ -439,18 +441,20 @@ class GroundingDinoDetector(LazyModel):
             if isinstance(output, BaseException):
                 results.append(output)
                 continue
-            results.append(self._original_boxes(output[0], output[1], image.size, caption))
+            results.append(self._original_boxes(output[0], output[1], image.size, caption,
+                                                box_threshold, text_threshold))
         return results
 
-    def _original_boxes(self, probs: np.ndarray, centre_boxes: np.ndarray, size: tuple[int, int],
-                        caption: str) -> list[dict[str, Any]]:
-        s = self.settings
+    def _original_boxes(self, probs: np.ndarray, centre_boxes: np.ndarray, size: tuple[int, int], caption: str,
+                        box_threshold: float | None = None, text_threshold: float | None = None) -> list[dict[str, Any]]:
+        box_threshold = self.settings.box_threshold if box_threshold is None else box_threshold
+        text_threshold = self.settings.text_threshold if text_threshold is None else text_threshold
         input_ids = self.tokenizer(caption, truncation=True, max_length=self.max_text_len)["input_ids"]
         last = min(len(input_ids), self.max_text_len - 1)  # the original reads positions 1 .. max_text_len - 2
         pixels = pixel_boxes(centre_boxes, size)
         found = []
-        for query in np.nonzero(probs.max(axis=1) > s.box_threshold)[0].tolist():
-            positions = [i for i in np.nonzero(probs[query] > s.text_threshold)[0].tolist() if 1 <= i < last]
+        for query in np.nonzero(probs.max(axis=1) > box_threshold)[0].tolist():
+            positions = [i for i in np.nonzero(probs[query] > text_threshold)[0].tolist() if 1 <= i < last]
             phrase = self.tokenizer.decode([input_ids[i] for i in positions]).replace(".", "")
             found.append({"box": [float(v) for v in pixels[query]],
                           "cxcywh": [float(v) for v in centre_boxes[query]],

@@ -119,6 +119,7 @@ class ModelBackend(ToolBackend):
         # raised, so the batcher hands it to that program alone.
         self._detect = MicroBatcher(functools.partial(self.detector.detect_batch, errors="return"), max_batch,
                                     max_wait_ms / 1000, "detector-batches")
+        self._detect_caption = MicroBatcher(self._original_batch, max_batch, max_wait_ms / 1000, "caption-batches")
         if depth_max_batch is None:
             on_gpu = resolve_device(self.depth_model.settings.device).startswith("cuda")
             depth_max_batch = max_batch if on_gpu else 1
@@ -150,6 +151,28 @@ class ModelBackend(ToolBackend):
     def gd_detect(self, context: ToolContext, phrases: list[str]) -> list[dict[str, Any]]:
         return self._cached("gd_detect", context, phrases, self.detector.fingerprint,
                             lambda: self._detect.submit((context.pil(), phrases)))
+
+    def detect_caption(self, context: ToolContext, caption: str, box_threshold: float,
+                       text_threshold: float) -> list[tuple[list[float], str]]:
+        """The original GroundingDINO ``predict`` on the caption (the paper protocol's gd_detect)."""
+        def compute() -> list[list[Any]]:
+            found = self._detect_caption.submit((context.pil(), caption, box_threshold, text_threshold))
+            return [[d["cxcywh"], d["phrase"]] for d in found]
+
+        found = self._cached("gd_caption", context, [caption, box_threshold, text_threshold],
+                             self.detector.fingerprint, compute)
+        return [(box, phrase) for box, phrase in found]
+
+    def _original_batch(self, items: Sequence[tuple[Image.Image, str, float, float]]) -> list[Any]:
+        """Captions on images, one model pass per pair of thresholds (the paper's are always the same)."""
+        results: list[Any] = [None] * len(items)
+        for thresholds in dict.fromkeys((box, text) for _, _, box, text in items):
+            chosen = [i for i, item in enumerate(items) if item[2:] == thresholds]
+            found = self.detector.original_predictions([items[i][:2] for i in chosen], errors="return",
+                                                       box_threshold=thresholds[0], text_threshold=thresholds[1])
+            for i, result in zip(chosen, found):
+                results[i] = result
+        return results
 
     def depth(self, context: ToolContext, box_or_point: list[float]) -> float:
         return self._cached("depth", context, box_or_point, self.depth_model.fingerprint,
@@ -219,6 +242,7 @@ class ModelBackend(ToolBackend):
 
     def close(self) -> None:
         self._detect.close()
+        self._detect_caption.close()
         self._depth.close()
         if self._vqa_tool is not None:
             self._vqa_tool.close()
