@@ -13,10 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.report.images import load_task_images
-from harness.report.load import ReportError, load_run
-from harness.report.render import PageInput, render_page
-from harness.tasks.sources import data_dir_from_env
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "REPORT_FILE", "ReportError", "ReportSummary", "write_report"]
 
@@ -24,6 +20,10 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 DEFAULT_MAX_SAMPLES = 200
+
+
+class ReportError(RuntimeError):
+    """A run directory the report cannot be made from; the message says why."""
 
 
 @dataclass
@@ -48,6 +48,12 @@ def first_ids(ids: list[str | None], count: int) -> list[str]:
 def write_report(run_dir: str | Path, out: str | Path | None = None, data_dir: str | Path | None = None,
                  max_samples: int = DEFAULT_MAX_SAMPLES) -> ReportSummary:
     """Write the report of ``run_dir`` (default ``RUN_DIR/report.html``); images for ``max_samples`` per task."""
+    # Imported here: the command line reads this package's defaults without loading the report's modules.
+    from harness.report.images import load_task_images
+    from harness.report.load import load_run
+    from harness.report.render import PageInput, render_page
+    from harness.tasks.sources import data_dir_from_env
+
     if max_samples < 0:
         raise ReportError(f"--max-samples must not be negative, got {max_samples}")
     run_dir = Path(run_dir)

@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.report import ReportError
 from harness.report.boxes import detections
 from harness.results import RESULTS_FILE, RUN_FILE, build_results, samples_file, summarize_records
 
 log = logging.getLogger(__name__)
 
 RAW_SHOWN = 2000  # characters of a malformed line kept for the page
-
-
-class ReportError(RuntimeError):
-    """A run directory the report cannot be made from; the message says why."""
 
 
 @dataclass
