@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import mmap
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -123,51 +122,68 @@ def read_records(path: str | Path) -> Iterator[dict]:
 
 
 _RECORD_START = b'\n{"id": '  # how every line this harness writes begins (the file's start reads as a "\n")
-_COUNT_CHUNK = 1 << 24
+_SCAN_CHUNK = 1 << 24
 
 
-def _lines_are_records(f: Any, length: int) -> bool:
-    """Whether each of the first ``length`` bytes' lines begins as this harness writes a record:
-    two byte counts, no parsing. A line that does not (another writer, a damaged file) makes the
-    caller read the file whole, so that a damaged line is reported as any reader reports it."""
+def _scan(f: Any, length: int, needle: bytes) -> tuple[bool, list[int]]:
+    """One pass over the first ``length`` bytes of a file (its complete lines), with byte counts and
+    searches only: whether every line begins as this harness writes a record, and where the lines
+    holding ``needle`` (which begins with a newline) start."""
     f.seek(0)
     lines = starts = 0
-    carry = b"\n"
-    while length > 0 and (chunk := f.read(min(_COUNT_CHUNK, length))):
+    found: list[int] = []
+    tail = b"\n"  # the end of the previous chunk; the file's start reads as a newline
+    offset = 0  # of the chunk in the file
+    while length > 0 and (chunk := f.read(min(_SCAN_CHUNK, length))):
         length -= len(chunk)
-        block = carry + chunk
         lines += chunk.count(b"\n")
-        starts += block.count(_RECORD_START)
-        carry = block[1 - len(_RECORD_START):]  # a start cut by the chunk's end is counted in the next block
-    return starts == lines
+        starts += chunk.count(_RECORD_START)
+        # Matches that cross the chunk's start: in a window of the tail and the chunk's first bytes
+        # too short to hold a whole match on either side.
+        for pattern in (_RECORD_START, needle):
+            window = tail[1 - len(pattern):] + chunk[:len(pattern) - 1]
+            base = offset - len(tail[1 - len(pattern):])
+            at = window.find(pattern)
+            while at >= 0:
+                if pattern is _RECORD_START:
+                    starts += 1
+                else:
+                    found.append(base + at + 1)
+                at = window.find(pattern, at + 1)
+        at = chunk.find(needle)
+        while at >= 0:
+            found.append(offset + at + 1)
+            at = chunk.find(needle, at + 1)
+        tail = (tail + chunk)[-len(needle):] if len(chunk) < len(needle) else chunk[-len(needle):]
+        offset += len(chunk)
+    return starts == lines, found
 
 
 def find_records(path: str | Path, sample_id: str) -> list[dict]:
     """The records of one sample in a file. When every line begins as this harness writes records
-    (checked with a byte count), the lines holding the sample's ``"id": ...`` text are found with
-    a byte search and only they are parsed; any other file is read whole (and a damaged line is
-    reported as :func:`read_records` reports it)."""
+    (checked with byte counts in the same pass), the lines holding the sample's ``"id": ...`` text
+    are found with a byte search and only they are parsed; any other file is read whole (and a
+    damaged line is reported as :func:`read_records` reports it)."""
     path = Path(path)
     if not path.stat().st_size:
         return []
     needle = _RECORD_START + json.dumps(sample_id, ensure_ascii=False).encode("utf-8", "surrogatepass")
     found = []
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        complete = data.rfind(b"\n") + 1  # a torn last line is no record
-        if not _lines_are_records(f, complete):
+    with path.open("rb") as f:
+        records_only, starts = _scan(f, complete_length(path), needle)  # a torn last line is no record
+        if not records_only:
             return [r for r in read_records(path) if r["id"] == sample_id]
-        at = 0 if data[:len(needle) - 1] == needle[1:] else data.find(needle, 0, complete)
-        while 0 <= at < complete:
-            start = at + (data[at:at + 1] == b"\n")
-            end = data.find(b"\n", start)
+        for start in starts:
+            f.seek(start)
+            line = f.readline()
             try:
-                record = _parse(data[start:end + 1], path, 0)
+                record = _parse(line, path, 0)
             except RecordsError:  # a line that begins as a record and is not one: named by its number
-                _parse(data[start:end + 1], path, data[:start].count(b"\n") + 1)
+                f.seek(0)
+                _parse(line, path, f.read(start).count(b"\n") + 1)
                 raise
             if record["id"] == sample_id:
                 found.append(record)
-            at = data.find(needle, end, complete)
     return found
 
 

@@ -48,14 +48,18 @@ def rescore(run_dir: Path, judge_spec: JudgeSpec | None = None) -> dict[str, Any
     summaries: dict[str, TaskSummary] = {}
     with RunLock(run_dir), contextlib.closing(scorer):
         write_json_atomically(run_dir / RUN_FILE, run)
-        with ThreadPoolExecutor(scorer.concurrency if scorer.remote else 1, thread_name_prefix="scoring") as pool:
+        with ThreadPoolExecutor(scorer.concurrency, thread_name_prefix="scoring") as pool:
             for task in run["tasks"]:
                 path = samples_file(run_dir, task)
                 if path.is_file():
                     compat = run["task_configs"][task].get("compat")
                     summary = summaries[task] = TaskSummary(bool(run["task_configs"][task]["fields"].get("cluster")))
-                    scored = _in_order(pool, lambda r: score_guarded(r, compat, scorer), _unique(read_records(path)),
-                                       2 * scorer.concurrency if scorer.remote else 1)
+                    records = _unique(read_records(path))
+                    if scorer.remote:  # a judge that calls a model: its requests overlap on the pool
+                        scored = _in_order(pool, lambda r: score_guarded(r, compat, scorer), records,
+                                           2 * scorer.concurrency)
+                    else:  # local rules: a thread's hand-off would cost more than the scoring
+                        scored = (score_guarded(record, compat, scorer) for record in records)
                     count = write_records_atomically(path, _counted(scored, summary))
                     save_summary(path, summary)
                     log.info("re-scored %d records of %s", count, task)

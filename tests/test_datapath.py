@@ -112,3 +112,25 @@ def test_records_of_a_sample_are_found_without_reading_the_others(tmp_path):
     path.write_text(path.read_text() + json.dumps({"id": "2"}, separators=(",", ":")) + "\n" + '{"id": "3"')
     assert find_records(path, "2") == [{"id": "2"}]  # other JSON spacing: the file is read whole
     assert find_records(path, "3") == []  # a torn last line is no record
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 9, 23, 1 << 24])
+def test_finding_a_record_does_not_depend_on_where_the_reads_cut_the_file(tmp_path, monkeypatch, chunk):
+    import harness.records as records
+
+    monkeypatch.setattr(records, "_SCAN_CHUNK", chunk)
+    path = tmp_path / "samples_t.jsonl"
+    ids = ["0", "1", "11", "1 1", "é", "x" * 30, "2"]
+    with RecordWriter(path) as writer:
+        for sample_id in ids:
+            writer.append({"id": sample_id, "note": '{"id": "1"', "prediction": sample_id})
+    for sample_id in ids:
+        assert [r["prediction"] for r in find_records(path, sample_id)] == [sample_id]
+    assert find_records(path, "3") == []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + ['{"id": "1", "torn\n'] + lines[2:]), encoding="utf-8")
+    with pytest.raises(records.RecordsError, match="line 3 is not valid JSON"):
+        find_records(path, "1")
+    path.write_text("".join(lines[:2] + ["[1]\n"] + lines[2:]), encoding="utf-8")
+    with pytest.raises(records.RecordsError, match="line 3 is not a record"):
+        find_records(path, "2")  # a line that is no record, though the sample's own lines are fine
