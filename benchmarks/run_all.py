@@ -133,7 +133,7 @@ def page_section(machine_info: dict, figures: list[Figure], failed: dict[str, st
 
 
 def write_docs(path: Path, section: str) -> None:
-    """Replace the generated part of the page (between its markers), or write the page when it has none."""
+    """Replace the generated part of the page (between its markers); a page without them is written anew."""
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the machine and every figure here")
     parser.add_argument("--from-json", type=Path, metavar="FILE", help="run nothing: read the figures of FILE")
     parser.add_argument("--write-docs", type=Path, metavar="PAGE",
-                        help="write the table into PAGE (between its markers; the page is made when it has none)")
+                        help="write the table into PAGE, between its markers; a page without them is written anew")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
