@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.report.errors import ReportError
+
 __all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_PAGE_SIZE", "REPORT_FILE", "ReportError", "ReportSummary", "write_report"]
 
 log = logging.getLogger(__name__)
@@ -22,10 +24,6 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 DEFAULT_MAX_SAMPLES = 200
 DEFAULT_PAGE_SIZE = 1000  # cards a page: a page of a large run stays a few MB
-
-
-class ReportError(RuntimeError):
-    """A run directory the report cannot be made from; the message says why."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness.report import ReportError
+from harness.report.errors import ReportError
 from harness.report.boxes import detections
 from harness.results import RESULTS_FILE, RUN_FILE, TaskSummary, build_results, samples_file
 
