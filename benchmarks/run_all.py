@@ -48,14 +48,23 @@ without a target).
 """
 
 
+def _takes_quick_alone(node: ast.FunctionDef) -> bool:
+    """Whether ``measure(quick)`` is a call the function takes (another script's ``measure`` of
+    other arguments is a helper of its own, not this runner's entry point)."""
+    positional = node.args.posonlyargs + node.args.args
+    required_kw = [arg for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults) if default is None]
+    return bool(positional) and len(positional) - len(node.args.defaults) <= 1 and not required_kw
+
+
 def benchmarks(folder: Path = HERE) -> list[str]:
-    """The scripts of ``folder`` that define ``measure``, found by reading them (none is imported)."""
+    """The scripts of ``folder`` that define ``measure(quick)``, found by reading them (none is imported)."""
     found = []
     for path in sorted(folder.glob("*.py")):
         if path.name in ("run_all.py", "figures.py"):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        if any(isinstance(node, ast.FunctionDef) and node.name == "measure" for node in tree.body):
+        if any(isinstance(node, ast.FunctionDef) and node.name == "measure" and _takes_quick_alone(node)
+               for node in tree.body):
             found.append(path.stem)
     return found
 

@@ -25,8 +25,11 @@ def test_only_scripts_that_define_measure_are_benchmarks(tmp_path):
     (tmp_path / "old.py").write_text("def main():\n    print('a table')\n")
     (tmp_path / "nested.py").write_text("class A:\n    def measure(self, quick):\n        return []\n")
     (tmp_path / "figures.py").write_text("def measure(quick):\n    return []\n")
-    assert run_all.benchmarks(tmp_path) == ["fast"]
-    assert "data_path" in run_all.benchmarks() and "quickstart" in run_all.benchmarks()
+    (tmp_path / "helper.py").write_text("def measure(task, n, replicas):\n    return 1.0\n")
+    (tmp_path / "sized.py").write_text("def measure(quick=False, samples=None, *, repeats=3):\n    return []\n")
+    assert run_all.benchmarks(tmp_path) == ["fast", "sized"]
+    found = run_all.benchmarks()
+    assert "data_path" in found and "quickstart" in found and "ray_scaling" not in found
 
 
 def _figures_file(path: Path) -> Path:
