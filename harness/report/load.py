@@ -114,11 +114,8 @@ def record_problems(record: dict[str, Any]) -> tuple[list[str], list[str]]:
     return problems, others
 
 
-def read_entries(path: Path, task: str) -> list[Entry]:
-    return list(iter_entries(path, task))
-
-
 def iter_entries(path: Path, task: str) -> Iterator[Entry]:
+    """The entries of a records file, one line at a time, in file order."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
