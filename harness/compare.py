@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tabulate import tabulate
 
+from harness.idset import DIGEST, digest
 from harness.records import read_records
 from harness.protocol import HARNESS
 from harness.results import RESULTS_FILE, RUN_FILE, SCORINGS, samples_file
@@ -138,21 +140,66 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckRefused(f"{path} is not valid JSON ({exc})") from None
 
 
-def _records_by_id(run_dir: Path, task: str) -> dict[str, dict]:
+@dataclass
+class TaskScores:
+    """What a comparison reads of one run's task, in a few bytes a sample (a run of a million
+    samples is not held as records): each sample's id digest and score (NaN: unscored), in the
+    file's order, and for a clustered task each sample's cluster key."""
+
+    keys: np.ndarray  # DIGEST
+    scores: np.ndarray  # float64
+    clusters: list[str] | None
+
+
+def _check_path(run_dir: Path, task: str) -> Path:
     path = samples_file(run_dir, task)
     if not path.is_file():
         raise CheckRefused(f"{path} is missing, though {RESULTS_FILE} lists task {task}")
-    records: dict[str, dict] = {}
+    return path
+
+
+def _read(path: Path) -> Iterator[dict]:
     try:
-        for record in read_records(path):
-            if record["id"] in records:
-                raise CheckRefused(f"{path}: sample {record['id']!r} is recorded twice")
-            records[record["id"]] = record
+        yield from read_records(path)
     except ValueError as exc:
-        if isinstance(exc, CheckRefused):
-            raise
         raise CheckRefused(str(exc)) from exc
-    return records
+
+
+def task_scores(run_dir: Path, task: str, scoring: str, clustered: bool) -> TaskScores:
+    path = _check_path(run_dir, task)
+    keys, scores = bytearray(), array("d")
+    clusters: list[str] | None = [] if clustered else None
+    for record in _read(path):
+        keys += digest(str(record["id"]))
+        value = (record.get("scores") or {}).get(scoring)
+        scores.append(math.nan if value is None else float(value))
+        if clusters is not None:  # a record without a cluster is a cluster of its own
+            clusters.append(f"cluster:{record['cluster']}" if record.get("cluster") is not None
+                            else f"sample:{record['id']}")
+    digests = np.frombuffer(bytes(keys), dtype=DIGEST)
+    ordered = np.sort(digests)
+    if len(ordered) and (ordered[1:] == ordered[:-1]).any():
+        raise CheckRefused(f"{path}: sample {_first_repeated(path)!r} is recorded twice")
+    return TaskScores(digests, np.frombuffer(scores, dtype=np.float64), clusters)
+
+
+def _first_repeated(path: Path) -> str:
+    seen = set()
+    for record in _read(path):
+        if record["id"] in seen:
+            return record["id"]
+        seen.add(record["id"])
+    raise AssertionError(f"{path}: no id is repeated")
+
+
+def _ids(run_dir: Path, task: str) -> set[str]:
+    """A task's sample ids (only when the runs' sample sets differ, to name the differences)."""
+    ids = set()
+    for record in _read(_check_path(run_dir, task)):
+        if record["id"] in ids:
+            raise CheckRefused(f"{samples_file(run_dir, task)}: sample {record['id']!r} is recorded twice")
+        ids.add(record["id"])
+    return ids
 
 
 def _some(ids: set[str]) -> str:
@@ -171,7 +218,7 @@ def _mismatches(task: str, base: dict, cand: dict, base_dir: Path, cand_dir: Pat
         problems.append(f"{task}: the task configuration differs (fingerprint {base_hash.get('config')} in the "
                         f"baseline, {cand_hash.get('config')} in the candidate)")
     if base_hash.get("samples") != cand_hash.get("samples"):
-        base_ids, cand_ids = set(_records_by_id(base_dir, task)), set(_records_by_id(cand_dir, task))
+        base_ids, cand_ids = _ids(base_dir, task), _ids(cand_dir, task)
         only_base, only_cand = base_ids - cand_ids, cand_ids - base_ids
         if only_base or only_cand:
             parts = [f"{len(only_base)} ids only in the baseline" + (f" ({_some(only_base)})" if only_base else ""),
@@ -187,11 +234,6 @@ def _mismatches(task: str, base: dict, cand: dict, base_dir: Path, cand_dir: Pat
 # --------------------------------------------------------------------------- comparing one task
 
 
-def _cluster_keys(records: list[dict]) -> list[str]:
-    """Each record's cluster; a record without one is a cluster of its own."""
-    return [f"cluster:{r['cluster']}" if r.get("cluster") is not None else f"sample:{r['id']}" for r in records]
-
-
 def _delta_interval(differences: np.ndarray, clusters: list[str] | None) -> tuple[float, float] | None:
     """Normal 95% interval of the mean difference, cluster-robust when clustered."""
     acc = MeanAccumulator()
@@ -203,21 +245,19 @@ def _delta_interval(differences: np.ndarray, clusters: list[str] | None) -> tupl
     return 100 * (acc.mean - Z_95 * se), 100 * (acc.mean + Z_95 * se)
 
 
-def compare_task(task: str, base_records: dict[str, dict], cand_records: dict[str, dict], clustered: bool,
-                 options: CheckOptions) -> TaskComparison | str:
-    """The paired comparison of one task, or why it cannot be made."""
-    shared = [i for i in base_records if i in cand_records]
-    pairs = [(base_records[i], cand_records[i]) for i in shared]
-    scored = [(b, c) for b, c in pairs
-              if (b.get("scores") or {}).get(options.scoring) is not None
-              and (c.get("scores") or {}).get(options.scoring) is not None]
-    if not scored:
-        return f"no sample has a {options.scoring} score in both runs ({len(shared)} shared)"
-    base = np.array([float(b["scores"][options.scoring]) for b, _ in scored])
-    cand = np.array([float(c["scores"][options.scoring]) for _, c in scored])
-    clusters = _cluster_keys([b for b, _ in scored]) if clustered else None
+def compare_task(task: str, baseline: TaskScores, candidate: TaskScores, options: CheckOptions) -> TaskComparison | str:
+    """The paired comparison of one task (the samples both runs hold, in the baseline's order), or
+    why it cannot be made."""
+    _, in_base, in_cand = np.intersect1d(baseline.keys, candidate.keys, assume_unique=True, return_indices=True)
+    order = np.argsort(in_base)
+    in_base, in_cand = in_base[order], in_cand[order]
+    both = ~np.isnan(baseline.scores[in_base]) & ~np.isnan(candidate.scores[in_cand])
+    if not both.any():
+        return f"no sample has a {options.scoring} score in both runs ({len(in_base)} shared)"
+    base, cand = baseline.scores[in_base[both]], candidate.scores[in_cand[both]]
+    clusters = None if baseline.clusters is None else [baseline.clusters[i] for i in in_base[both].tolist()]
     binary = bool(np.isin(base, (0.0, 1.0)).all() and np.isin(cand, (0.0, 1.0)).all())
-    common = dict(task=task, n=len(scored), n_unscored=len(shared) - len(scored),
+    common = dict(task=task, n=len(base), n_unscored=len(in_base) - len(base),
                   n_clusters=len(set(clusters)) if clusters else None,
                   baseline=100 * float(base.mean()), candidate=100 * float(cand.mean()),
                   delta=100 * float(cand.mean() - base.mean()))
@@ -289,8 +329,8 @@ def check_runs(baseline: Path, candidate: Path, options: CheckOptions | None = N
     comparisons = []
     for task in shared:
         clustered = bool(((base.get("configs") or {}).get(task) or {}).get("fields", {}).get("cluster"))
-        outcome = compare_task(task, _records_by_id(baseline, task), _records_by_id(candidate, task), clustered,
-                               options)
+        outcome = compare_task(task, task_scores(baseline, task, options.scoring, clustered),
+                               task_scores(candidate, task, options.scoring, clustered), options)
         if isinstance(outcome, str):
             not_compared[task] = outcome
         else:

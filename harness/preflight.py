@@ -2,7 +2,7 @@
 
 The system, its backends and tools declare their requirements themselves
 (``System.requirements``, ``ChatBackend.requirements``,
-``ToolBackend.requirements``, ``JudgeSpec.requirements``); this module adds the
+``ToolBackend.requirements``, ``judge_requirements``); this module adds the
 tasks' datasets and images, checks them all (concurrently: an endpoint or the
 hub may take seconds to answer) and, for a run, refuses to start when anything
 is missing, naming every missing thing and its fix in one message.
@@ -21,6 +21,7 @@ from harness.requirements import (
     MISSING, WARNING, Check, CheckContext, HubRepo, ImageFolder, Requirement, unique,
 )
 from harness.scoring import JudgeSpec
+from harness.scoring.judge import judge_requirements
 from harness.systems.base import System
 from harness.tasks.config import TaskConfig
 from harness.tasks.sources import allow_patterns
@@ -59,7 +60,7 @@ def run_requirements(system: System, tasks: Sequence[TaskConfig], judge: JudgeSp
     judged = judge.model is not None and any(config.answer_type == "open" for config in tasks)
     needed = [*system.requirements(),
               *(r for config in tasks for r in task_requirements(config, data_dir, system.reads_images)),
-              *(judge if judged else dataclasses.replace(judge, model=None)).requirements(paper_judge)]
+              *judge_requirements(judge if judged else dataclasses.replace(judge, model=None), paper_judge)]
     return unique(needed)
 
 

@@ -15,24 +15,20 @@ import platform
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.idset import IdSet
 from harness.protocol import HARNESS, HEADLINE_SCORE
+from harness.rundir import RESULTS_FILE, RUN_FILE, samples_file  # noqa: F401  (read here by most)
 from harness.stats import MeanAccumulator, ci95
 from harness.types import Status
 
 SCORINGS = ("strict", "compat")
-RUN_FILE = "run.json"
-RESULTS_FILE = "results.json"
 _HASH_MOD = 1 << 256
-
-
-def samples_file(run_dir: Path, task: str) -> Path:
-    return run_dir / f"samples_{task}.jsonl"
 
 
 JUDGE_ERROR = "judge_error"  # an infrastructure failure of scoring: the judge gave no verdict
@@ -53,14 +49,19 @@ def infrastructure_failure(record: dict) -> str | None:
     return None
 
 
+_HASH_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., default=str), built once
+
+
 def sample_hash(record: dict) -> int:
-    blob = json.dumps([record["id"], record["question"], record.get("gold")], ensure_ascii=False, default=str)
+    blob = _HASH_ENCODER.encode([record["id"], record["question"], record.get("gold")])
     return int.from_bytes(hashlib.sha256(blob.encode()).digest(), "big")
 
 
 @dataclass
 class TaskSummary:
-    """Streaming summary of one task's records."""
+    """Streaming summary of one task's records: :meth:`add` for records of any origin (a
+    second record of a sample is counted as a duplicate and ignored), :meth:`count` for
+    records the caller knows to be the first of their sample (a run, as it writes them)."""
 
     clustered: bool
     scores: dict[str, MeanAccumulator] = field(default_factory=lambda: {s: MeanAccumulator() for s in SCORINGS})
@@ -73,13 +74,15 @@ class TaskSummary:
     scored: int = 0
     n: int = 0
     duplicates: int = 0  # records of a sample already counted (a file written by two processes): ignored
-    _ids: set[str] = field(default_factory=set, repr=False)
+    _ids: IdSet = field(default_factory=IdSet, repr=False)
 
     def add(self, record: dict) -> None:
-        if record["id"] in self._ids:
+        if not self._ids.add(record["id"]):
             self.duplicates += 1
             return
-        self._ids.add(record["id"])
+        self.count(record)
+
+    def count(self, record: dict) -> None:
         self.n += 1
         self.status[record["status"]] += 1
         self.parse[record.get("parse") or "none"] += 1
@@ -95,11 +98,31 @@ class TaskSummary:
             return
         self.scored += 1
         cluster = record.get("cluster") if self.clustered else None
-        subset = self.subsets.setdefault(record.get("subset") or "", {s: MeanAccumulator() for s in SCORINGS})
+        subset = self.subsets.get(record.get("subset") or "")
+        if subset is None:
+            subset = self.subsets[record.get("subset") or ""] = {s: MeanAccumulator() for s in SCORINGS}
         for scoring in SCORINGS:
             if scores.get(scoring) is not None:  # e.g. the paper judge failed: no paper-compatible score
                 self.scores[scoring].add(float(scores[scoring]), cluster)
                 subset[scoring].add(float(scores[scoring]))
+
+    def state(self) -> dict[str, Any]:
+        """Everything the summary holds but its ids, as JSON (:meth:`from_state` reads it back)."""
+        return {"clustered": self.clustered, "n": self.n, "scored": self.scored, "duplicates": self.duplicates,
+                "sample_set_hash": f"{self.sample_set_hash:064x}",
+                "scores": {s: asdict(acc) for s, acc in self.scores.items()},
+                "subsets": {name: {s: asdict(acc) for s, acc in accs.items()} for name, accs in self.subsets.items()},
+                **{name: dict(getattr(self, name)) for name in _COUNTERS}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "TaskSummary":
+        summary = cls(clustered=bool(state["clustered"]), n=int(state["n"]), scored=int(state["scored"]),
+                      duplicates=int(state["duplicates"]), sample_set_hash=int(state["sample_set_hash"], 16),
+                      scores={s: MeanAccumulator(**acc) for s, acc in state["scores"].items()},
+                      subsets={name: {s: MeanAccumulator(**acc) for s, acc in accs.items()}
+                               for name, accs in state["subsets"].items()},
+                      **{name: Counter(state[name]) for name in _COUNTERS})
+        return summary
 
     @property
     def model_failures(self) -> int:
@@ -130,6 +153,9 @@ class TaskSummary:
                 for name, accs in sorted(self.subsets.items())
             }
         return out
+
+
+_COUNTERS = ("status", "parse", "judges", "infrastructure")
 
 
 def summarize_records(records: Iterable[dict], clustered: bool) -> TaskSummary:

@@ -34,11 +34,14 @@ from harness.distributed.settings import RaySettings
 from harness.preflight import run_preflight
 from harness.records import RecordWriter, read_records, to_jsonable
 from harness.results import (
-    RESULTS_FILE, RUN_FILE, build_results, environment, git_hash, now_iso, samples_file, summarize_records,
-    write_json_atomically, write_text_atomically,
+    RESULTS_FILE, RUN_FILE, TaskSummary, build_results, environment, git_hash, now_iso, samples_file,
+    summarize_records, write_json_atomically, write_text_atomically,
 )
+from harness.rundir import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from harness.runlock import LOCK_FILE, RunLock
-from harness.runstate import RunError, Resumption, changes_since, load_run, prepare_resume
+from harness.runstate import (
+    RunError, Resumption, changes_since, load_run, prepare_resume, save_summary, saved_summary,
+)
 from harness.scoring import JudgeSpec, Scorer, make_scorer
 from harness.stopping import CircuitBreaker, Closer, Interruption, StopRun
 from harness.systems import SystemRegistry
@@ -49,8 +52,6 @@ from harness.tasks.task import resolve_limit
 from harness.types import Prediction, Sample, Status
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 
 
 class RunInterrupted(RuntimeError):
@@ -164,13 +165,13 @@ def score_guarded(record: dict, compat: str | None, scorer: Scorer) -> dict:
 
 
 class _Recorder:
-    """Scores records and appends them. When a judge calls a model, records are scored on
-    ``scorer.concurrency`` threads while the system goes on; they are written here, by the
-    calling thread, as their scores arrive (never two writers)."""
+    """Scores records, appends them and adds them to the task's summary. When a judge calls a
+    model, records are scored on ``scorer.concurrency`` threads while the system goes on; they
+    are written here, by the calling thread, as their scores arrive (never two writers)."""
 
-    def __init__(self, writer: RecordWriter, scorer: Scorer, compat: str | None, breaker: CircuitBreaker,
-                 progress: tqdm) -> None:
-        self.writer, self.scorer, self.compat = writer, scorer, compat
+    def __init__(self, writer: RecordWriter, summary: TaskSummary, scorer: Scorer, compat: str | None,
+                 breaker: CircuitBreaker, progress: tqdm) -> None:
+        self.writer, self.summary, self.scorer, self.compat = writer, summary, scorer, compat
         self.breaker, self.progress = breaker, progress
         self.pool = ThreadPoolExecutor(scorer.concurrency, thread_name_prefix="scoring") if scorer.remote else None
         self.pending: set[Future] = set()
@@ -196,6 +197,7 @@ class _Recorder:
 
     def _write(self, record: dict) -> None:
         self.writer.append(record)
+        self.summary.count(record)  # the first record of its sample: the feed and the writer see to that
         self.progress.update()
         self.breaker.record(record)
         if self.breaker.tripped:
@@ -208,20 +210,22 @@ class _Recorder:
 
 def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, breaker: CircuitBreaker,
               resumption: Resumption, close: Closer) -> None:
+    """Run one task, adding each record to ``resumption.summary`` as it is written."""
     config = task.config
-    writer = RecordWriter(samples_file(options.output_path, task.name), resume=options.resume)
+    path = samples_file(options.output_path, task.name)
+    writer = RecordWriter(path, resume=options.resume)
     pending: dict[str, Sample] = {}
-    progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=len(writer.done), desc=task.name,
+    progress = tqdm(total=resolve_limit(options.limit, len(task)), initial=resumption.summary.n, desc=task.name,
                     unit="sample", disable=None)
-    recorder = _Recorder(writer, scorer, config.compat, breaker, progress)
+    recorder = _Recorder(writer, resumption.summary, scorer, config.compat, breaker, progress)
     # Recorded, but the judge gave no verdict: only the judging is redone (on the scoring threads).
     rejudged = {record["id"] for record in resumption.rescore}
     for record in resumption.rescore:
         recorder.add(record)
 
     def feed() -> Iterator[Sample]:
-        for sample in task.samples(options.limit):
-            if sample.id in writer.done or sample.id in rejudged or sample.id in pending:
+        for sample in task.samples(options.limit):  # ids are unique within a task (Task.samples)
+            if sample.id in rejudged or resumption.recorded(sample.id):
                 continue
             if sample.error:  # unusable rows are finished samples: record them and move on
                 recorder.add(build_record(sample, Prediction(sample.id, status=Status.DATA_ERROR,
@@ -231,6 +235,7 @@ def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, b
             yield sample
 
     predictions = system.predict(feed())
+    finished = False
     try:
         for prediction in predictions:
             if breaker.tripped:
@@ -244,6 +249,7 @@ def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, b
             missing = Prediction(sample.id, status=Status.SYSTEM_ERROR, detail="the system returned no prediction")
             recorder.add(build_record(sample, missing, options.log_samples))
         recorder.finish()
+        finished = True
     except BaseException:
         # Stop what is running now (programs in the sandbox, requests) so that the system's
         # generator closes at once, instead of waiting for work nobody will record.
@@ -254,17 +260,25 @@ def _run_task(task: Task, system: System, options: RunOptions, scorer: Scorer, b
         recorder.close()
         progress.close()
         writer.close()
+    if finished:
+        save_summary(path, resumption.summary)
 
 
-def summarize_run(run_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """Read every samples file of a run and write its results file."""
-    summaries = {}
+def summarize_run(run_dir: Path, run: dict[str, Any],
+                  summaries: dict[str, TaskSummary] | None = None) -> dict[str, Any]:
+    """Write a run's results file from its tasks' summaries: those given (a run's, accumulated
+    as it wrote its records), else those saved beside the records, else read from the records."""
+    found = {}
     for task in run["tasks"]:
         path = samples_file(run_dir, task)
-        if path.is_file():
+        if not path.is_file():
+            continue  # never started: the results say so
+        if summaries and task in summaries:
+            found[task] = summaries[task]
+        else:
             clustered = bool(run["task_configs"][task]["fields"].get("cluster"))
-            summaries[task] = summarize_records(read_records(path), clustered)
-    results = build_results(run, summaries)
+            found[task] = saved_summary(path) or summarize_records(read_records(path), clustered)
+    results = build_results(run, found)
     write_json_atomically(run_dir / RESULTS_FILE, results)
     return results
 
@@ -370,34 +384,62 @@ def evaluate(options: RunOptions, tasks: TaskRegistry | None = None,
 
 
 def _interrupted_message(run_dir: Path) -> str:
-    recorded = sum(1 for path in run_dir.glob("samples_*.jsonl") for _ in read_records(path))
+    recorded = 0
+    for path in run_dir.glob("samples_*.jsonl"):
+        with path.open("rb") as f:
+            recorded += sum(1 for line in f if line.endswith(b"\n"))
     return (f"interrupted: {recorded} samples recorded in {run_dir}; continue with the same command and "
             f"--resume --output-path {run_dir}")
 
 
-def _stop(close: Closer, options: RunOptions, run: dict[str, Any], why: str) -> dict[str, Any]:
+def _stop(close: Closer, options: RunOptions, run: dict[str, Any], why: str,
+          summaries: dict[str, TaskSummary] | None = None) -> dict[str, Any]:
     """Close the system and write what the run has so far (results marked incomplete)."""
     close()
     run["stopped"] = why
     run["finished"] = now_iso()
     write_json_atomically(options.output_path / RUN_FILE, run)
-    return summarize_run(options.output_path, run)
+    return summarize_run(options.output_path, run, summaries)
+
+
+def _finished(run_dir: Path, run: dict[str, Any]) -> dict[str, TaskSummary] | None:
+    """The saved summaries of a resumed run whose every task has every sample recorded as a model
+    outcome (nothing to run, so its datasets are not read again); None when anything is left."""
+    summaries = {}
+    for task in run["tasks"]:
+        summary = saved_summary(samples_file(run_dir, task))
+        expected = (run.get("task_meta") or {}).get(task, {}).get("expected")
+        if summary is None or summary.n != expected or summary.infrastructure or summary.duplicates:
+            return None
+        summaries[task] = summary
+    return summaries
 
 
 def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: dict[str, Any],
              resuming: bool, close: Closer) -> dict[str, Any]:
     run_dir = options.output_path
+    finished = _finished(run_dir, run) if resuming else None
+    if finished is not None:
+        log.info("every sample of %s is recorded already: nothing to run", ", ".join(run["tasks"]))
+        close()
+        run["finished"] = now_iso()
+        write_json_atomically(run_dir / RUN_FILE, run)
+        return summarize_run(run_dir, run, finished)
     scorer = make_scorer(options.judge, system.protocol, system.data_dir)
     write_json_atomically(run_dir / RUN_FILE, run)
     loaded = _load_tasks(options, registry, system, run)
     write_json_atomically(run_dir / RUN_FILE, run)
-    resumptions = {task.name: prepare_resume(samples_file(run_dir, task.name)) if resuming else Resumption()
-                   for task in loaded}
+    resumptions = {}
+    for task in loaded:
+        clustered = bool(task.config.fields.cluster)
+        resumptions[task.name] = prepare_resume(samples_file(run_dir, task.name), clustered) if resuming \
+            else Resumption(TaskSummary(clustered))
     for name, resumption in resumptions.items():
         if resumption.redo or resumption.rescore or resumption.duplicates:
             log.info("%s: redoing %d samples that failed for the infrastructure's sake, judging %d again%s", name,
                      resumption.redo, len(resumption.rescore),
                      f", dropping {resumption.duplicates} duplicate records" if resumption.duplicates else "")
+    summaries = {name: resumption.summary for name, resumption in resumptions.items()}
     system.prepare(loaded)
     breaker = CircuitBreaker(options.max_consecutive_failures)
     try:
@@ -405,10 +447,10 @@ def _execute(options: RunOptions, system: System, registry: TaskRegistry, run: d
             for task in loaded:
                 _run_task(task, system, options, scorer, breaker, resumptions[task.name], close)
     except StopRun as stop:
-        return _stop(close, options, run, str(stop))
+        return _stop(close, options, run, str(stop), summaries)
     finally:
         scorer.close()
     close()
     run["finished"] = now_iso()
     write_json_atomically(run_dir / RUN_FILE, run)
-    return summarize_run(run_dir, run)
+    return summarize_run(run_dir, run, summaries)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import harness.cli.evaluation as evaluation
+import harness.runner as runner
 from harness.cli import build_parser, main
 from harness.cli.experiment import EXPERIMENT_FILE, resolve
 from harness.records import read_records
@@ -75,7 +76,7 @@ def test_all_is_saved_as_the_tasks_it_selected(tmp_path, monkeypatch):
         captured["files"] = options.extra_files  # written by the runner once the run directory is claimed
         return {"results": {}, "higher_is_better": {}, "errors": {}, "complete": True}
 
-    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)  # the command imports it when it runs
     assert cli("run", "--system", "reference", "--tasks", "all", "--output-path", tmp_path / "r") == 0
     saved = yaml.safe_load(captured["files"][EXPERIMENT_FILE])
     assert saved["tasks"].split(",") == captured["tasks"] and len(captured["tasks"]) == 8

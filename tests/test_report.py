@@ -258,3 +258,20 @@ def test_malformed_records_are_shown_with_their_problem(predictions_run, tmp_pat
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_a_large_report_is_pages_that_link_to_each_other(predictions_run, tmp_path, capsys):
+    first = tmp_path / "pages" / "r.html"
+    assert main(["report", str(predictions_run), "--out", str(first), "--page-size", "4", "--max-samples", "1"]) == 0
+    assert "6 samples, on 2 pages" in capsys.readouterr().out
+    pages = [first, tmp_path / "pages" / "r-2.html"]
+    texts = [page.read_text(encoding="utf-8") for page in pages]
+    assert [t.count("<article") for t in texts] == [4, 2]
+    assert sorted(re.findall(r"<span class=sid[^>]*>(\d+)</span>", texts[0] + texts[1])) == [str(i) for i in range(6)]
+    assert "Page 1 of 2: samples 1-4 of 6" in texts[0] and '<a href="r-2.html" rel=next>' in texts[0]
+    assert "Page 2 of 2: samples 5-6 of 6" in texts[1] and '<a href="r.html" rel=prev>' in texts[1]
+    for text in texts:  # every page has the summary and the notices of the whole run
+        assert "<td>toy_counting</td><td>accuracy</td><td class=num>6</td>" in text
+        assert "first 1 of 6 samples" in text
+    assert main(["report", str(predictions_run), "--out", str(first), "--page-size", "0"]) == 2
+    assert "--page-size must be at least 1" in capsys.readouterr().err

@@ -13,36 +13,40 @@ import os
 import sys
 from typing import Sequence
 
-from harness.cache import CacheError
 from harness.cli import evaluation, grounding, interop, reports, setup, training
-from harness.cli.experiment import ExperimentError
-from harness.distributed.settings import DistributedError
-from harness.download import DownloadError
-from harness.export.tasks import ExportError
-from harness.overrides import OverrideError
-from harness.preflight import PreflightError
-from harness.records import RecordsError
-from harness.registry import UnknownNameError
-from harness.runlock import RunLockedError
-from harness.runner import RunError, RunInterrupted
-from harness.sandbox.executor import SandboxError
-from harness.sandbox.isolation import IsolationError
-from harness.systems import SystemConfigError
-from harness.systems.predictions import PredictionsFileError
-from harness.tasks import TaskConfigError
-from harness.tasks.sources import DatasetUnavailableError
-from harness.types import ImageError
-from harness.upstream import UpstreamAssetError
 
 GROUPS = (evaluation, setup, training, grounding, reports, interop)
 DESCRIPTION = ("Evaluate visual reasoners that write programs over vision tools, train them without labels, "
                "and compare the results with the paper's.")
 
-# Errors a user can fix from the message alone: shown without a traceback.
-USER_ERRORS = (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
-               DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
-               PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError, RecordsError,
-               ExportError, ExperimentError, DistributedError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix from the message alone: shown without a traceback. Imported when a
+    command runs, not when the parser is built (``--help`` loads none of the harness)."""
+    from harness.cache import CacheError
+    from harness.cli.experiment import ExperimentError
+    from harness.distributed.settings import DistributedError
+    from harness.download import DownloadError
+    from harness.export.tasks import ExportError
+    from harness.overrides import OverrideError
+    from harness.preflight import PreflightError
+    from harness.records import RecordsError
+    from harness.registry import UnknownNameError
+    from harness.rundir import RunError
+    from harness.runlock import RunLockedError
+    from harness.sandbox.executor import SandboxError
+    from harness.sandbox.isolation import IsolationError
+    from harness.systems import SystemConfigError
+    from harness.systems.predictions import PredictionsFileError
+    from harness.tasks import TaskConfigError
+    from harness.tasks.sources import DatasetUnavailableError
+    from harness.types import ImageError
+    from harness.upstream import UpstreamAssetError
+
+    return (UnknownNameError, TaskConfigError, SystemConfigError, RunError, PredictionsFileError, OverrideError,
+            DatasetUnavailableError, IsolationError, SandboxError, ImageError, FileNotFoundError, FileExistsError,
+            PreflightError, RunLockedError, UpstreamAssetError, CacheError, DownloadError, RecordsError,
+            ExportError, ExperimentError, DistributedError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next(group.COMMANDS[args.command] for group in GROUPS if args.command in group.COMMANDS)
     try:
         return command(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RunInterrupted as exc:
-        print(exc, file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -82,6 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a read-only or full output folder, a file that cannot be read
-        print(f"error: {_os_error(exc)}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        from harness.runner import RunInterrupted
+
+        if isinstance(exc, user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, RunInterrupted):
+            print(exc, file=sys.stderr)
+            return 130
+        if isinstance(exc, OSError):  # a read-only or full output folder, a file that cannot be read
+            print(f"error: {_os_error(exc)}", file=sys.stderr)
+            return 2
+        raise

@@ -7,8 +7,7 @@ import dataclasses
 import sys
 from typing import Any, Sequence
 
-from harness.overrides import OverrideError, parse_key_values
-from harness.scoring import JudgeSpec
+from harness.judgespec import JudgeSpec
 
 
 def parse_limit(text: str) -> float:
@@ -75,7 +74,7 @@ def judge_spec(args: argparse.Namespace, base: JudgeSpec | None = None) -> Judge
 
 
 def add_run_safety_args(parser: argparse.ArgumentParser) -> None:
-    from harness.runner import DEFAULT_MAX_CONSECUTIVE_FAILURES
+    from harness.rundir import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
     parser.add_argument("--max-consecutive-failures", type=count(0), default=DEFAULT_MAX_CONSECUTIVE_FAILURES,
                         metavar="N", help="stop the run after N infrastructure failures in a row (failed API calls, "
@@ -104,6 +103,8 @@ def run_exit_code(results: dict[str, Any], run_dir: Any) -> int:
 
 def key_value(text: str) -> tuple[str, Any]:
     """``k=v`` (one repeatable option) -> (k, v), the value read as a YAML scalar."""
+    from harness.overrides import OverrideError, parse_key_values
+
     try:
         return next(iter(parse_key_values([text]).items()))
     except OverrideError as exc:

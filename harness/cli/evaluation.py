@@ -10,21 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from harness.cli.common import add_judge_args, add_run_safety_args, judge_spec, parse_limit, run_exit_code
 from harness.cli.experiment import EXPERIMENT_FILE, experiment_yaml, make_config_aware
 from harness.cli.experiment import resolve as resolve_experiment
 from harness.cli.ray_flags import add_ray_args, ray_settings
-from harness.overrides import nested, parse_key_values
+from harness.judgespec import JudgeSpec
 from harness.protocol import HARNESS, LABEL_FILTERS, PAPER, PROTOCOLS
-from harness.rescore import find_records, recorded_judge, rescore
-from harness.results import RUN_FILE
-from harness.runner import RunOptions, evaluate
-from harness.runstate import load_run
-from harness.scoring import JudgeSpec
-from harness.systems import SystemRegistry
-from harness.tasks import TaskRegistry
 
 
 def add_parsers(sub: Any) -> None:
@@ -123,6 +114,8 @@ def _fmt(value: float | None) -> str:
 def results_table(results: dict[str, Any]) -> str:
     """The run's table: scores over the model's outcomes, the model's own failures, and the
     infrastructure's failures apart (never scored), then whether the run is complete."""
+    from tabulate import tabulate
+
     rows = []
     for task, r in results["results"].items():
         metric = next(iter(results["higher_is_better"][task]))
@@ -153,6 +146,11 @@ def results_table(results: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from harness.systems import SystemRegistry
+    from harness.tasks import TaskRegistry
+
     if args.what == "tasks":
         registry = TaskRegistry(args.include_path)
         rows = []
@@ -183,6 +181,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.overrides import parse_key_values
+    from harness.runner import RunOptions, evaluate
+    from harness.systems import SystemRegistry
+    from harness.tasks import TaskRegistry
+
     args, experiment = resolve_experiment(args)  # the --config file under the command line
     tasks = TaskRegistry(args.include_path)
     systems = SystemRegistry(args.include_path)
@@ -212,6 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     import harness.synthetic  # noqa: F401  (registers the oracle tool backend)
+    from harness.overrides import nested, parse_key_values
     from harness.sandbox.executor import Sandbox, SandboxPolicy
     from harness.tasks.sources import data_dir_from_env
     from harness.tools import ToolBackend, ToolContext, make_backend
@@ -250,8 +254,10 @@ def _blank_png() -> bytes:
 
 
 def cmd_grounding_eval(args: argparse.Namespace) -> int:
-    from harness.tools import make_backend
+    from harness.overrides import nested, parse_key_values
     from harness.synthetic.grounding_eval import format_report, grounding_eval, report_json
+    from harness.tasks import TaskRegistry
+    from harness.tools import make_backend
 
     options = nested(parse_key_values(args.tool_options))
     if args.device:
@@ -270,13 +276,22 @@ def cmd_grounding_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from harness.rescore import recorded_judge, rescore
+
     results = rescore(args.run_dir, judge_spec(args, recorded_judge(args.run_dir)))
     print(results_table(results))
     return run_exit_code(results, args.run_dir)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    records = find_records(args.run_dir, args.sample_id, args.task)
+    # Only the standard library's modules: one sample of a large run is shown at once.
+    from harness.records import find_records
+    from harness.rundir import load_run, samples_file
+
+    run = load_run(args.run_dir)
+    records = [record for task in ([args.task] if args.task else run["tasks"])
+               if samples_file(args.run_dir, task).is_file()
+               for record in find_records(samples_file(args.run_dir, task), args.sample_id)]
     if not records:
         print(f"no sample {args.sample_id!r} in {args.run_dir}", file=sys.stderr)
         return 1
@@ -284,7 +299,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         tasks = ", ".join(r["task"] for r in records)
         print(f"sample {args.sample_id!r} exists in tasks {tasks}; pass --task", file=sys.stderr)
         return 1
-    protocol = load_run(args.run_dir).get("protocol", HARNESS)
+    protocol = run.get("protocol", HARNESS)
     for record in records:
         if args.json:
             print(json.dumps(record, indent=2, ensure_ascii=False))

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness import __version__
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -103,6 +101,8 @@ def _tokens(key: str, value: Any, action: argparse.Action, where: str) -> list[s
 
 def read_experiment(path: Path, spec: ExperimentSpec) -> dict[str, Any]:
     """The options an experiment file sets, parsed and checked like command-line flags."""
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -175,6 +175,8 @@ def _plain(value: Any) -> Any:
 
 def experiment_yaml(experiment: Experiment, values: dict[str, Any], output_path: Path) -> str:
     """The complete settings of a run, as an experiment file."""
+    import yaml
+
     saved = {k: _plain(v) for k, v in values.items() if k not in NOT_SAVED}
     recorded = {
         "harness_version": __version__,

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from harness.cli.common import chat_backend_options, failures_exit, key_value
 
 
@@ -75,6 +73,8 @@ def _add_detector_parsers(sub: Any) -> None:
 def cmd_pseudo_labels(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from tabulate import tabulate
+
     from harness.grounding.export import export, stage_table
     from harness.grounding.pipeline import FAILED, PseudoLabelConfig, PseudoLabeler
     from harness.training.data import TrainingDataError
@@ -131,6 +131,8 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_label_precision(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     from harness.grounding.export import RecordsError
     from harness.grounding.precision import LabelsError, label_precision
 

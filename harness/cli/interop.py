@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from harness.cli.common import parse_limit
 
 DEFAULT_PROMPT_SYSTEM = "direct-qwen2.5-vl-7b"
@@ -38,6 +36,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     from harness.export.tasks import GROUP_TAG, export_tasks
     from harness.overrides import parse_key_values
     from harness.systems import SystemRegistry

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from harness.distributed.settings import DistributedError, RaySettings
-from harness.overrides import parse_key_values
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +25,8 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
 
 def ray_settings(args: argparse.Namespace) -> RaySettings | None:
     """The distributed run the flags ask for; None for a local run."""
+    from harness.overrides import parse_key_values
+
     given: dict[str, Any] = {"replicas": args.ray_replicas, "batch": args.ray_batch,
                              "resources": parse_key_values(args.ray_resources)}
     if args.ray is None:

@@ -35,15 +35,18 @@ def _add_leaderboard_parser(sub: Any) -> None:
 
 
 def _add_report_parser(sub: Any) -> None:
-    from harness.report import DEFAULT_MAX_SAMPLES
+    from harness.report import DEFAULT_MAX_SAMPLES, DEFAULT_PAGE_SIZE
 
-    p = sub.add_parser("report", help="write a run's visual report: one self-contained HTML page")
+    p = sub.add_parser("report", help="write a run's visual report: self-contained HTML pages")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, metavar="FILE", help="where to write the page (default: RUN_DIR/report.html)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="where to write the first page (default: RUN_DIR/report.html; page 2 is report-2.html, ...)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="local copies of the datasets, for the images (default: $HARNESS_DATA_DIR)")
     p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES, metavar="N",
                    help="samples per task shown with their image (default: %(default)s; the rest without)")
+    p.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, metavar="N",
+                   help="samples a page; the pages link to each other (default: %(default)s)")
 
 
 def _add_check_parser(sub: Any) -> None:
@@ -97,13 +100,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import ReportError, write_report
 
     try:
-        summary = write_report(args.run_dir, args.out, args.data_dir, args.max_samples)
+        summary = write_report(args.run_dir, args.out, args.data_dir, args.max_samples, args.page_size)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for task, reason in summary.unavailable.items():
         print(f"images of {task} not shown: {reason}", file=sys.stderr)
-    print(f"wrote {summary.path} ({summary.cards} samples, {summary.images} with images)")
+    pages = f", on {summary.pages} pages" if summary.pages > 1 else ""
+    print(f"wrote {summary.path} ({summary.cards} samples{pages}, {summary.images} with images)")
     return 0
 
 

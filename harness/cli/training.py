@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from harness.cli.common import chat_backend_options, failures_exit, key_value
-from harness.tasks import TaskRegistry
 
 
 def add_parsers(sub: Any) -> None:
@@ -70,6 +67,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_training_data(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from harness.tasks import TaskRegistry
     from harness.training.data import (
         DataOptions,
         TrainingDataError,
@@ -96,6 +96,8 @@ def cmd_training_data(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_queries(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     from harness.training.querygen import QueryGenConfig, QueryGenerator, status_path
 
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from harness.tasks.task import resolve_limit
 from harness.types import ImageError, ImageRef, Sample
@@ -87,3 +87,6 @@ class TaskView:
 
     def ids(self, limit: float | None = None) -> list[str]:
         return list(self.sample_ids[:resolve_limit(limit, len(self.sample_ids))])
+
+    def iter_ids(self, limit: float | None = None) -> Iterator[str]:
+        return iter(self.ids(limit))

@@ -1,4 +1,5 @@
-"""What a report reads from a run directory: run.json, results.json and every record.
+"""What a report reads from a run directory: run.json, results.json and every record, the
+records as a stream (a first pass counts them, a second renders them page by page).
 
 Records are read tolerantly: a line that is not JSON, not an object, or an
 object whose fields have the wrong shape becomes an entry that carries its
@@ -11,18 +12,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from harness.report.errors import ReportError
 from harness.report.boxes import detections
-from harness.results import RESULTS_FILE, RUN_FILE, build_results, samples_file, summarize_records
+from harness.results import RESULTS_FILE, RUN_FILE, TaskSummary, build_results, samples_file
 
 log = logging.getLogger(__name__)
 
 RAW_SHOWN = 2000  # characters of a malformed line kept for the page
-
-
-class ReportError(RuntimeError):
-    """A run directory the report cannot be made from; the message says why."""
 
 
 @dataclass
@@ -44,12 +42,28 @@ class Entry:
 
 
 @dataclass
+class TaskLines:
+    """What the first pass over a task's records learns: how many there are, how many have
+    problems, how many name a sample, and the first samples whose images the page shows."""
+
+    entries: int = 0
+    with_problems: int = 0
+    usable: int = 0  # entries with a sample id
+    image_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunData:
     run_dir: Path
     run: dict[str, Any]
     results: dict[str, Any]
     results_note: str | None  # set when results.json could not be used and the records were summarised
-    entries: dict[str, list[Entry]]  # per task, in file order
+    lines: dict[str, TaskLines]  # per task
+
+    def entries(self, task: str) -> Iterator[Entry]:
+        """A task's entries, in file order, read again from its file."""
+        path = samples_file(self.run_dir, task)
+        return iter_entries(path, task) if path.is_file() else iter(())
 
 
 def _read_json(path: Path) -> Any:
@@ -100,8 +114,8 @@ def record_problems(record: dict[str, Any]) -> tuple[list[str], list[str]]:
     return problems, others
 
 
-def read_entries(path: Path, task: str) -> list[Entry]:
-    entries: list[Entry] = []
+def iter_entries(path: Path, task: str) -> Iterator[Entry]:
+    """The entries of a records file, one line at a time, in file order."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -111,15 +125,14 @@ def read_entries(path: Path, task: str) -> list[Entry]:
                 value = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 torn = "" if raw.endswith(b"\n") else " (a last line without a newline: the run was cut off mid-write)"
-                entries.append(Entry(task, number, None, [f"not JSON: {exc}{torn}"], text[:RAW_SHOWN]))
+                yield Entry(task, number, None, [f"not JSON: {exc}{torn}"], text[:RAW_SHOWN])
                 continue
             if not isinstance(value, dict):
-                entries.append(Entry(task, number, None, [f"expected a JSON object, got {type(value).__name__}"],
-                                     text[:RAW_SHOWN]))
+                yield Entry(task, number, None, [f"expected a JSON object, got {type(value).__name__}"],
+                            text[:RAW_SHOWN])
                 continue
             summarised, others = record_problems(value)
-            entries.append(Entry(task, number, value, summarised + others, scorable=not summarised))
-    return entries
+            yield Entry(task, number, value, summarised + others, scorable=not summarised)
 
 
 def _usable_results(results: Any, tasks: list[str]) -> str | None:
@@ -130,29 +143,61 @@ def _usable_results(results: Any, tasks: list[str]) -> str | None:
     return f"it has no results for {', '.join(missing)}" if missing else None
 
 
-def load_run(run_dir: Path) -> RunData:
+def _first_pass(run_dir: Path, task: str, image_count: int, summary: TaskSummary | None) -> TaskLines:
+    """Count a task's entries, choose the first ``image_count`` distinct samples for images, and
+    add its scorable records to ``summary`` when one is given."""
+    lines = TaskLines()
+    path = samples_file(run_dir, task)
+    if not path.is_file():
+        return lines
+    chosen: dict[str, None] = {}
+    for entry in iter_entries(path, task):
+        lines.entries += 1
+        lines.with_problems += bool(entry.problems)
+        sample_id = entry.sample_id
+        if sample_id is not None:
+            lines.usable += 1
+            if len(chosen) < image_count:
+                chosen.setdefault(sample_id)
+        if summary is not None and entry.scorable:
+            summary.add(entry.record)
+    lines.image_ids = list(chosen)
+    return lines
+
+
+def load_run(run_dir: Path, image_count: int) -> RunData:
+    """The run, its results (from results.json, else summarised from the records) and what a first
+    pass over its records counts; ``image_count`` samples per task are chosen for images."""
     run = read_run(run_dir)
-    entries: dict[str, list[Entry]] = {}
-    for task in run["tasks"]:
-        path = samples_file(run_dir, task)
-        entries[task] = read_entries(path, task) if path.is_file() else []
-    with_records = [t for t in run["tasks"] if entries[t]]
     results_path = run_dir / RESULTS_FILE
     if results_path.is_file():
         try:
             results = _read_json(results_path)
-            reason = _usable_results(results, with_records)
+            reason = _usable_results(results, [t for t in run["tasks"] if _has_records(run_dir, t)])
         except ReportError as exc:
             results, reason = None, str(exc)
     else:
         results, reason = None, "the run has no results.json (it did not finish, or was never scored)"
+    summaries: dict[str, TaskSummary] = {}
+    lines = {}
+    for task in run["tasks"]:
+        clustered = bool((run["task_configs"][task].get("fields") or {}).get("cluster"))
+        summary = TaskSummary(clustered) if reason is not None else None
+        lines[task] = _first_pass(run_dir, task, image_count, summary)
+        if summary is not None and lines[task].entries:
+            summaries[task] = summary
     note = None
     if reason is not None:
         note = f"Summary computed from the records: {reason}."
         log.warning("%s: %s", run_dir, note)
-        summaries = {}
-        for task in with_records:
-            clustered = bool((run["task_configs"][task].get("fields") or {}).get("cluster"))
-            summaries[task] = summarize_records((e.record for e in entries[task] if e.scorable), clustered)
         results = build_results(run, summaries)
-    return RunData(run_dir, run, results, note, entries)
+    return RunData(run_dir, run, results, note, lines)
+
+
+def _has_records(run_dir: Path, task: str) -> bool:
+    """Whether a task's records file holds a line that is not blank."""
+    path = samples_file(run_dir, task)
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return any(line.strip() for line in handle)

@@ -1,4 +1,5 @@
-"""The report page: the summary and one card per record, filled into the packaged template.
+"""The report's pages: the summary and one card per record, filled into the packaged template,
+a page of cards at a time (a run of 100,000 samples is many pages, never one huge one).
 
 Every piece of run data passes through :func:`esc` on its way into the page;
 nothing from a record reaches a script, so a hostile question or program can
@@ -39,9 +40,17 @@ def esc(value: Any) -> str:
 class PageInput:
     data: RunData
     images: dict[str, TaskImages]  # per task
-    image_ids: dict[str, list[str]]  # per task: the samples whose image was asked for
     max_samples: int
     notices: list[str] = field(default_factory=list)  # extra lines for the top of the page, plain text
+
+
+@dataclass
+class PageSpan:
+    """One page of the gallery: its file's name (pages sit side by side) and its cards' positions."""
+
+    file: str
+    first: int  # 1-based, over every card of the report
+    last: int
 
 
 def _percent(value: Any) -> str:
@@ -256,31 +265,55 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _MARKER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
 
 
-def render_page(page: PageInput) -> str:
+def page_notices(page: PageInput) -> list[str]:
+    """The lines at the top of every page (from the first pass's counts)."""
     data = page.data
-    entries = [e for task in data.run["tasks"] for e in data.entries[task]]
-    cards = [_card(entry, page.images.get(entry.task)) for entry in entries]
-    statuses = sorted({status_of(e) for e in entries})
     notices = [*page.notices]
     if data.results_note:
         notices.append(data.results_note)
     errors = data.results.get("errors") if isinstance(data.results.get("errors"), dict) else {}
     notices += [f"Task {task} failed in the run: {error}" for task, error in errors.items()]
     for task in data.run["tasks"]:
-        if not data.entries[task]:
+        lines = data.lines[task]
+        if not lines.entries:
             notices.append(f"Task {task} has no records.")
-        bad = sum(1 for e in data.entries[task] if e.problems)
-        if bad:
-            notices.append(f"Task {task}: {bad} record(s) could not be read fully; each card lists its problems.")
+        if lines.with_problems:
+            notices.append(f"Task {task}: {lines.with_problems} record(s) could not be read fully; "
+                           "each card lists its problems.")
         images = page.images.get(task)
         if images is not None and images.unavailable:
             notices.append(f"Images of task {task} are not shown: {images.unavailable}")
             continue
-        asked = len(page.image_ids.get(task, ()))
-        usable = sum(1 for e in data.entries[task] if e.sample_id is not None)
-        if usable > asked:
-            notices.append(f"Task {task}: images are loaded for the first {asked} of {usable} samples "
-                           f"(--max-samples {page.max_samples}); the other {usable - asked} are listed without images.")
+        asked = len(lines.image_ids)
+        if lines.usable > asked:
+            notices.append(f"Task {task}: images are loaded for the first {asked} of {lines.usable} samples "
+                           f"(--max-samples {page.max_samples}); the other {lines.usable - asked} are listed "
+                           "without images.")
+    return notices
+
+
+def card(entry: Entry, page: PageInput) -> str:
+    return _card(entry, page.images.get(entry.task))
+
+
+def _navigation(spans: list[PageSpan], current: int) -> str:
+    if len(spans) < 2:
+        return ""
+    span, total = spans[current], spans[-1].last
+    links = []
+    for i, other in enumerate(spans):
+        links.append(f"<b>{i + 1}</b>" if i == current else f'<a href="{esc(other.file)}">{i + 1}</a>')
+    step = [f'<a href="{esc(spans[current - 1].file)}" rel=prev>previous</a>' if current else "",
+            f'<a href="{esc(spans[current + 1].file)}" rel=next>next</a>' if current + 1 < len(spans) else ""]
+    return (f"<nav class=pages>Page {current + 1} of {len(spans)}: samples {span.first:,}-{span.last:,} of "
+            f"{total:,}; the filters apply to this page. {' '.join(s for s in step if s)}"
+            f"<span class=pagelist>{' '.join(links)}</span></nav>")
+
+
+def render_page(page: PageInput, notices: list[str], cards: list[str], statuses: set[str],
+                spans: list[PageSpan], current: int) -> str:
+    """One page of the report: the summary, the notices, and the gallery's ``current`` page."""
+    data = page.data
     title = f"{data.run.get('system')} on {', '.join(data.run['tasks'])}"
     template = _template()
     return fill(template, {
@@ -289,8 +322,9 @@ def render_page(page: PageInput) -> str:
         "SUMMARY": _summary(data),
         "NOTICES": "".join(f"<li>{esc(n)}</li>" for n in notices),
         "TASK_OPTIONS": _options([(t, t) for t in data.run["tasks"]]),
-        "STATUS_OPTIONS": _options([(s, "malformed record" if s == MALFORMED else s) for s in statuses]),
+        "STATUS_OPTIONS": _options([(s, "malformed record" if s == MALFORMED else s) for s in sorted(statuses)]),
         "RESULT_OPTIONS": _options(list(RESULTS)),
-        "TOTAL": str(len(entries)),
+        "TOTAL": str(len(cards)),
+        "PAGES": _navigation(spans, current),
         "CARDS": "".join(cards),
     })

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.backends import OpenAIChat
 from harness.cache import ResponseCache, cache_key, default_cache_dir
+from harness.judgespec import JudgeSpec
 from harness.requirements import Requirement, UpstreamFile
 from harness.scoring.extract import normalize_text
 
@@ -34,57 +35,21 @@ _SYSTEM = (
 _USER = "Question: {question}\nReference answer: {gold}\nCandidate answer: {prediction}\nVerdict:"
 
 
-@dataclass(frozen=True)
-class JudgeSpec:
-    """How to build a judge; stored in the run record so re-scoring uses the same one."""
+def judge_requirements(spec: JudgeSpec, paper_judge: bool) -> list[Requirement]:
+    """What judging needs: the LLM judge's key and endpoint (``--judge``), and with
+    ``paper_judge`` (the paper protocol on a task of the ``judge`` rule) the original's
+    judge prompt and the paper judge's key and endpoint."""
+    from harness.upstream import METRICS
 
-    model: str | None = None  # None: normalised exact match
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    # Some reasoning models accept only their default temperature; None leaves it unset.
-    temperature: float | None = 0.0
-    # The paper protocol's judge (GQA): the original's prompt and model, through the Responses API.
-    paper_model: str = "gpt-5-mini"
-    paper_base_url: str | None = None
-    # How each judge's requests are sent: every request ends within timeout_s (all of it, not per read),
-    # is retried at most max_retries times, and at most max_concurrency records are judged at once.
-    timeout_s: float = 120.0
-    max_retries: int = 4
-    max_concurrency: int = 8
-
-    # Settings that change how verdicts are fetched, not what they are: a resumed run may change them.
-    OPERATIONAL = ("timeout_s", "max_retries", "max_concurrency")
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
-            raise ValueError(f"the judge's timeout must be a positive number of seconds, got {self.timeout_s!r}")
-        if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
-            raise ValueError(f"the judge's retries must be a whole number >= 0, got {self.max_retries!r}")
-        if not (isinstance(self.max_concurrency, int) and self.max_concurrency >= 1):
-            raise ValueError(f"the judge's concurrency must be a whole number >= 1, got {self.max_concurrency!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def requirements(self, paper_judge: bool) -> list[Requirement]:
-        """What judging needs: the LLM judge's key and endpoint (``--judge``), and with
-        ``paper_judge`` (the paper protocol on a task of the ``judge`` rule) the original's
-        judge prompt and the paper judge's key and endpoint."""
-        from harness.upstream import METRICS
-
-        needed: list[Requirement] = []
-        if self.model is not None:
-            needed += OpenAIChat.requirements({"base_url": self.base_url, "api_key_env": self.api_key_env},
-                                              f"the judge {self.model} (--judge)")
-        if paper_judge:
-            needed.append(UpstreamFile(METRICS, "the GQA judge's prompt (paper protocol)"))
-            needed += OpenAIChat.requirements({"base_url": self.paper_base_url, "api_key_env": self.api_key_env},
-                                              f"the paper protocol's GQA judge ({self.paper_model})")
-        return needed
-
-    def identity(self) -> dict:
-        """What makes two runs' verdicts comparable: every field but the operational ones."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.OPERATIONAL}
+    needed: list[Requirement] = []
+    if spec.model is not None:
+        needed += OpenAIChat.requirements({"base_url": spec.base_url, "api_key_env": spec.api_key_env},
+                                          f"the judge {spec.model} (--judge)")
+    if paper_judge:
+        needed.append(UpstreamFile(METRICS, "the GQA judge's prompt (paper protocol)"))
+        needed += OpenAIChat.requirements({"base_url": spec.paper_base_url, "api_key_env": spec.api_key_env},
+                                          f"the paper protocol's GQA judge ({spec.paper_model})")
+    return needed
 
 
 @dataclass

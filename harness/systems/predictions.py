@@ -18,9 +18,13 @@ Formats (``params.format``, ``--predictions-format``):
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
+from harness.idset import DIGEST, digest
 from harness.interop.logs import FORMATS, VLMEVALKIT_FAILURE, ForeignFile, PredictionsFileError, find_files, read_file
 from harness.interop.matching import Match, index_task, match_file, named_task
 from harness.systems.base import System
@@ -31,6 +35,54 @@ from harness.types import Prediction, Sample, Status
 __all__ = ["PredictionsFileError", "PredictionsSystem"]
 
 _OPTIONAL = ("raw", "detail", "plan", "program", "answer_pytype")
+_decode = json.JSONDecoder().decode
+# A line of a JSONL predictions file in the index: its id's digest (16 bytes), its task (2 bytes:
+# 0 for none, else 1 + the task's position) and its byte offset (8 bytes), big-endian so that
+# sorting the bytes sorts by id, task and place in the file.
+_LINE = np.dtype("S26")
+_SLICE = 1 << 13  # lines checked against a task's ids at a time
+
+
+def _task_bytes(task: int) -> bytes:
+    return (task + 1).to_bytes(2, "big")
+
+
+def _offset_bytes(offset: int) -> bytes:
+    return offset.to_bytes(8, "big")
+
+
+def _digests(ids: Iterator[str]) -> np.ndarray:
+    """The sorted digests of some ids (gathered in a bytearray, which grows without copying)."""
+    packed = bytearray()
+    for sample_id in ids:
+        packed += digest(sample_id)
+    digests = np.frombuffer(packed, dtype=DIGEST)
+    digests.sort()
+    return digests
+
+
+def _task_numbers(fields: np.ndarray) -> np.ndarray:
+    """The task of each line (-1: none), from the index's bytes."""
+    return ((fields[:, 16].astype(np.int16) << 8) | fields[:, 17]) - 1
+
+
+def _task_field(tasks: np.ndarray) -> np.ndarray:
+    stored = tasks.astype(np.uint16) + 1
+    return np.stack([stored >> 8, stored & 0xFF], axis=1).astype(np.uint8)
+
+
+def _repeats(fields: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The lines filed under a task whose id and task are those of the line before (sorted index)."""
+    found = [np.empty(0, dtype=np.int64)]
+    for lo in range(1, len(fields), _SLICE):
+        hi = min(lo + _SLICE, len(fields))
+        same = (fields[lo:hi, :18] == fields[lo - 1:hi - 1, :18]).all(axis=1) & (owner[lo:hi] >= 0)
+        found.append(np.flatnonzero(same) + lo)
+    return np.concatenate(found)
+
+
+def _offsets(fields: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(fields[rows, 18:]).view(">u8").ravel().astype(np.int64)
 JSONL = "jsonl"
 
 
@@ -52,7 +104,8 @@ class PredictionsSystem(System):
                                        f"choose one of {JSONL}, {', '.join(FORMATS)}")
         if self.format == JSONL and not self.path.is_file():
             raise PredictionsFileError(f"predictions file {self.path} does not exist")
-        self._offsets: dict[tuple[str, str], int] = {}  # (task, id) -> byte offset of its line
+        self._lines: np.ndarray | None = None  # the index of the lines (see _LINE), sorted
+        self._task_positions: dict[str, int] = {}
         self._file = None
         # Foreign files are read whole up front: run.json records what they are before anything runs.
         self._foreign: list[ForeignFile] = [] if self.format == JSONL else \
@@ -62,13 +115,13 @@ class PredictionsSystem(System):
     # ----------------------------------------------------------------- this project's JSONL
 
     def _read_index(self) -> Iterator[tuple[int, str | None, str, int]]:
-        """(line number, task, id, byte offset) of every line."""
+        """(line number, task, id, byte offset) of every line, each line checked."""
         with self.path.open("rb") as f:
             offset = 0
             for number, line in enumerate(f, start=1):
                 if line.strip():
                     try:
-                        row = json.loads(line)
+                        row = _decode(line.decode("utf-8"))
                     except UnicodeDecodeError as exc:
                         raise PredictionsFileError(f"{self.path}: line {number} is not UTF-8 text ({exc.reason} "
                                                    f"at byte {exc.start}); save the file as UTF-8") from None
@@ -90,48 +143,124 @@ class PredictionsSystem(System):
                 offset += len(line)
 
     def _prepare_jsonl(self, tasks: Sequence[Any]) -> None:
-        ids_by_task = {task.name: set(task.ids()) for task in tasks}
-        unknown: list[str] = []
-        seen: dict[tuple[str, str], int] = {}
-        for number, task, sample_id, offset in self._read_index():
-            if task is not None and task not in ids_by_task:
+        """Check every line against the selected tasks' ids and index the lines by sample, in 26
+        bytes a line (see ``_LINE``): a file of a million predictions is not held in memory.
+        Problems are reported as if the lines were checked one by one: the first ambiguous or
+        repeated id in file order, else every unknown one."""
+        names = [task.name for task in tasks]
+        position = {name: i for i, name in enumerate(names)}
+        packed = bytearray()
+        for _, task, sample_id, offset in self._read_index():
+            if task is not None and task not in position:
                 continue  # predictions for tasks not selected in this run
-            owners = [task] if task is not None else [t for t, ids in ids_by_task.items() if sample_id in ids]
-            owners = [t for t in owners if sample_id in ids_by_task[t]]
-            if not owners:
-                unknown.append(f"line {number}: id {sample_id!r}" + (f" (task {task})" if task else ""))
-                continue
-            if len(owners) > 1:
-                raise PredictionsFileError(
-                    f"{self.path}: line {number}: id {sample_id!r} exists in tasks {', '.join(owners)}; "
-                    "add a 'task' key to say which")
-            key = (owners[0], sample_id)
-            if key in seen:
-                raise PredictionsFileError(
-                    f"{self.path}: line {number}: a second prediction for {owners[0]}/{sample_id} "
-                    f"(first on line {seen[key]})")
-            seen[key] = number
-            self._offsets[key] = offset
-        if unknown:
-            shown = "; ".join(unknown[:10]) + (f"; and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            packed += digest(sample_id) + _task_bytes(-1 if task is None else position[task]) + _offset_bytes(offset)
+        lines = np.frombuffer(packed, dtype=_LINE)
+        lines.sort()
+        fields = lines.view(np.uint8).reshape(-1, _LINE.itemsize)
+        named = _task_numbers(fields)
+        # member[t, line]: the line's id is one of task t's (checked a slice at a time, to keep memory flat).
+        member = np.zeros((len(names), len(lines)), dtype=bool)
+        for t, task in enumerate(tasks):
+            ids = _digests(task.iter_ids())
+            for lo in range(0, len(lines) if len(ids) else 0, _SLICE):
+                ours = np.ascontiguousarray(fields[lo:lo + _SLICE, :16]).view(DIGEST).ravel()
+                member[t, lo:lo + _SLICE] = ids[np.minimum(ids.searchsorted(ours), len(ids) - 1)] == ours
+            del ids
+        if len(names) == 1:  # (the usual case, without the temporary arrays of the general one)
+            owner, known = np.zeros(len(lines), dtype=np.int16), member[0]
+        else:
+            owner = np.where(named >= 0, named, member.argmax(axis=0) if names else -1).astype(np.int16)
+            known = member[np.maximum(owner, 0), np.arange(len(lines))] if names else np.zeros(len(lines), bool)
+        ambiguous = (named < 0) & (member.sum(axis=0, dtype=np.int16) > 1)
+        problems: list[tuple[int, Callable[[], str]]] = []  # (offset of the line, its message)
+        if ambiguous.any():
+            rows = np.flatnonzero(ambiguous)
+            earliest = int(np.argmin(_offsets(fields, rows)))
+            first = int(_offsets(fields, rows[earliest:earliest + 1])[0])
+            owners = ", ".join(names[t] for t in np.flatnonzero(member[:, rows[earliest]]))
+            problems.append((first, lambda first=first, owners=owners: (
+                f"{self.path}: line {self._line_number(first)}: id {self._row_id(first)!r} exists in tasks "
+                f"{owners}; add a 'task' key to say which")))
+        # Each line is filed under its owner (unknown and ambiguous ones under none) and sorted
+        # again: the lines of one sample are neighbours, in file order.
+        owner[~known | ambiguous] = -1
+        del member, named, known, ambiguous
+        for lo in range(0, len(lines), _SLICE):
+            fields[lo:lo + _SLICE, 16:18] = _task_field(owner[lo:lo + _SLICE])
+        del owner
+        lines.sort()
+        owner = _task_numbers(fields)
+        repeats = _repeats(fields, owner)
+        if len(repeats):  # a second line of a sample; the earliest such line is the one reported
+            seconds = _offsets(fields, repeats)
+            at = int(np.argmin(seconds))
+            first, again = int(_offsets(fields, repeats[at:at + 1] - 1)[0]), int(seconds[at])
+            task = names[int(owner[repeats[at]])]
+            problems.append((again, lambda first=first, again=again, task=task: (
+                f"{self.path}: line {self._line_number(again)}: a second prediction for {task}/{self._row_id(again)} "
+                f"(first on line {self._line_number(first)})")))
+        indexed = owner >= 0
+        del owner
+        if problems:
+            raise PredictionsFileError(min(problems, key=lambda problem: problem[0])[1]())
+        unknown = np.sort(_offsets(fields, np.flatnonzero(~indexed)))
+        if len(unknown):
+            shown = []
+            for offset in unknown[:10].tolist():
+                row = self._row(offset)
+                shown.append(f"line {self._line_number(offset)}: id {str(row['id'])!r}"
+                             + (f" (task {row['task']})" if row.get("task") is not None else ""))
+            more = f"; and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise PredictionsFileError(
                 f"{self.path}: {len(unknown)} predictions match no sample of the selected tasks "
-                f"({', '.join(ids_by_task)}): {shown}")
+                f"({', '.join(names)}): {'; '.join(shown)}{more}")
+        self._lines, self._task_positions = lines, position
+
+    def _row(self, offset: int) -> dict:
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            return _decode(f.readline().decode("utf-8"))
+
+    def _row_id(self, offset: int) -> str:
+        return str(self._row(offset)["id"])
+
+    def _line_number(self, offset: int) -> int:
+        with self.path.open("rb") as f:
+            return f.read(offset).count(b"\n") + 1
 
     def _predict_jsonl(self, sample: Sample) -> Prediction:
-        offset = self._offsets.get((sample.task, sample.id))
-        if offset is None:
-            return Prediction(sample.id, status=Status.MISSING, detail=f"no prediction in {self.path}")
         if self._file is None:
             self._file = self.path.open("rb")
-        self._file.seek(offset)
-        row = json.loads(self._file.readline())
+        # A file in the samples' order is read straight through: the next line is this sample's
+        # when it names its id (and its task, or none: an id of two tasks was refused above).
+        row = self._next_row()
+        if row is None or str(row["id"]) != sample.id or row.get("task", sample.task) != sample.task:
+            offset = self._offset(sample)
+            if offset is None:
+                return Prediction(sample.id, status=Status.MISSING, detail=f"no prediction in {self.path}")
+            self._file.seek(offset)  # within the read buffer when it is near: no system call
+            row = self._next_row()
         return Prediction(
             sample.id,
             answer=row.get("prediction", row.get("answer")),
             status=row.get("status", Status.OK),
             **{key: row.get(key) for key in _OPTIONAL},
         )
+
+    def _next_row(self) -> dict | None:
+        line = self._file.readline()
+        return _decode(line.decode("utf-8")) if line.strip() else None
+
+    def _offset(self, sample: Sample) -> int | None:
+        """Where the sample's line starts, from the index."""
+        if self._lines is None or sample.task not in self._task_positions:
+            return None
+        key = digest(sample.id) + _task_bytes(self._task_positions[sample.task])
+        at = int(self._lines.searchsorted(np.array(key, dtype=_LINE)))
+        if at == len(self._lines):
+            return None
+        found = self._lines.view(np.uint8).reshape(-1, _LINE.itemsize)[at]
+        return int.from_bytes(found[18:].tobytes(), "big") if found[:18].tobytes() == key else None
 
     # ----------------------------------------------------------------- other harnesses' files
 

@@ -40,6 +40,14 @@ class RawRow:
     image: ImageRef | None
 
 
+@dataclass
+class RowKey:
+    index: int  # as RawRow's
+    part: DatasetPart
+    part_index: int
+    value: Any  # the value of the id field; None without one
+
+
 class Source:
     """A task's rows, in a fixed order."""
 
@@ -50,6 +58,12 @@ class Source:
 
     def rows(self, start: int = 0, stop: int | None = None) -> Iterator[RawRow]:
         raise NotImplementedError
+
+    def keys(self, field: str | None, start: int = 0, stop: int | None = None) -> Iterator[RowKey]:
+        """What a sample id is made of, for each row: read without the rest of the row where the
+        source can (a task checks its ids for duplicates before its samples are read)."""
+        for raw in self.rows(start, stop):
+            yield RowKey(raw.index, raw.part, raw.part_index, raw.data.get(field) if field else None)
 
 
 SOURCES: Registry[type[Source]] = Registry("dataset source kind")
@@ -329,6 +343,23 @@ class HubSource(Source):
                         yield RawRow(offset + position, part, position, data,
                                      self._image_ref(part, position, data, image_column, images, name))
                         position += 1
+            offset += len(table)
+            if offset >= stop:
+                return
+
+    def keys(self, field: str | None, start: int = 0, stop: int | None = None) -> Iterator[RowKey]:
+        stop = self._length if stop is None else min(stop, self._length)
+        offset = 0
+        for part, table in self._parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, len(table))
+            if lo < hi:
+                if field and field in table.column_names:  # the id column alone
+                    batches = table.select_columns([field]).select(range(lo, hi)).iter(batch_size=4096)
+                    values = (value for batch in batches for value in batch[field])
+                else:
+                    values = (None for _ in range(lo, hi))
+                for position, value in enumerate(values, start=lo):
+                    yield RowKey(offset + position, part, position, value)
             offset += len(table)
             if offset >= stop:
                 return

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from harness.protocol import HARNESS, PAPER, check_protocol
 from harness.tasks.config import TaskConfig
 from harness.tasks.formats import FORMATTERS, RowFormatError
@@ -84,22 +86,61 @@ class Task:
         return stop - start
 
     def samples(self, limit: float | None = None) -> Iterator[Sample]:
-        """Samples in dataset order; a row that cannot be read becomes a sample with ``error`` set."""
-        start, stop = self._bounds()
-        stop = start + resolve_limit(limit, stop - start)
+        """Samples in dataset order; a row that cannot be read becomes a sample with ``error`` set,
+        and so does a row whose id an earlier row has (renamed ``ID#rowN``: ids are unique)."""
+        start, stop = self._range(limit)
         formatter = self.formatter
         multi_part = len(self.config.dataset.parts) > 1
-        seen: set[str] = set()
+        renamed = self._renamed(start, stop)
         for raw in self.source.rows(start, stop):
             sample = self._to_sample(raw, formatter, multi_part)
-            if sample.id in seen:
+            if raw.index in renamed:
                 sample.error = f"sample {sample.id}: duplicate id in task {self.name}"
-                sample.id = f"{sample.id}#row{raw.index}"
-            seen.add(sample.id)
+                sample.id = renamed[raw.index]
             yield sample
 
     def ids(self, limit: float | None = None) -> list[str]:
-        return [s.id for s in self.samples(limit)]
+        return list(self.iter_ids(limit))
+
+    def iter_ids(self, limit: float | None = None) -> Iterator[str]:
+        """The ids :meth:`samples` gives, read without formatting a sample."""
+        start, stop = self._range(limit)
+        renamed = self._renamed(start, stop)
+        for index, sample_id in self._base_ids(start, stop):
+            yield renamed.get(index, sample_id)
+
+    def _range(self, limit: float | None) -> tuple[int, int]:
+        start, stop = self._bounds()
+        return start, start + resolve_limit(limit, stop - start)
+
+    def _base_ids(self, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        """(row index, id before duplicates are renamed) of each row."""
+        field = self.config.fields.id
+        multi_part = len(self.config.dataset.parts) > 1
+        for key in self.source.keys(field, start, stop):
+            if field and key.value is not None:
+                yield key.index, str(key.value)
+            else:
+                yield key.index, f"{key.part.label}/{key.part_index}" if multi_part and not field \
+                    else str(key.part_index)
+
+    def _renamed(self, start: int, stop: int) -> dict[int, str]:
+        """The new id of each row whose id an earlier row has. Found in a first pass over the ids
+        alone that keeps 8 bytes a row (their hashes), so that no set of every id is held while
+        the samples are read; only when two hashes agree are the ids compared."""
+        labels = [part.label for part in self.config.dataset.parts]
+        if not self.config.fields.id and len(set(labels)) == len(labels):
+            return {}  # ids are rows' positions within their parts: unique
+        hashes = np.fromiter((hash(sample_id) for _, sample_id in self._base_ids(start, stop)), dtype=np.int64)
+        if len(np.unique(hashes)) == len(hashes):
+            return {}
+        seen: set[str] = set()
+        renamed = {}
+        for index, sample_id in self._base_ids(start, stop):
+            if sample_id in seen:
+                sample_id = renamed[index] = f"{sample_id}#row{index}"
+            seen.add(sample_id)
+        return renamed
 
     def _sample_id(self, raw: RawRow, multi_part: bool) -> str:
         field = self.config.fields.id
