@@ -49,6 +49,7 @@ from harness.tools.dummy import DummyBackend  # noqa: E402
 from harness.types import BytesImage, Prediction, Sample  # noqa: E402
 
 NAME = "program_pipeline"
+FULL = 384  # samples per run: enough that filling and draining the pipeline weigh little
 PROGRAM = ("objects = gd_detect(image, 'cube, ball')\n"
            "near = depth(image, [4, 4, 30, 30])\n"
            "far = depth(image, [50, 40])\n"
@@ -142,7 +143,7 @@ def measure(quick: bool = False, samples: int | None = None, batch: int = 32, co
             latencies: Latencies | None = None, repeats: int = 3) -> list[Figure]:
     logging.disable(logging.WARNING)
     latencies = latencies or Latencies()
-    samples = samples or (192 if quick else 384)
+    samples = samples or (FULL // 2 if quick else FULL)
     items = make_samples(samples)
     writing, running, pipelined, staged = [], [], [], []
     for _ in range(repeats):
@@ -174,8 +175,9 @@ def measure(quick: bool = False, samples: int | None = None, batch: int = 32, co
         Figure(NAME, "running alone (programs, sandbox, tools)", "samples/s", running, note=note),
         Figure(NAME, "pipeline bound (slower stage)", "samples/s", bounds, note=note),
         Figure(NAME, "pipelined (predict)", "samples/s", pipelined, note=note),
-        Figure(NAME, "bound / pipelined", "x", [b / p for b, p in zip(bounds, pipelined)], "<= 1.2",
-               "each run's own ratio"),
+        # The target is the steady state's, at the full size: a shorter run feels the fill and drain more.
+        Figure(NAME, "bound / pipelined", "x", [b / p for b, p in zip(bounds, pipelined)],
+               "<= 1.2" if samples >= FULL else None, "each run's own ratio"),
     ]
     if staged:
         figures += [Figure(NAME, "stage by stage (before)", "samples/s", staged, note=note),
@@ -195,7 +197,7 @@ def main() -> None:
     parser.add_argument("--depth-ms", type=float, default=60, help="the depth model's time per batch")
     parser.add_argument("--item-ms", type=float, default=2, help="each model's time per request of a batch")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is shown)")
-    parser.add_argument("--quick", action="store_true", help="fewer samples, no stage-by-stage run")
+    parser.add_argument("--quick", action="store_true", help="fewer samples (no target), no stage-by-stage run")
     args = parser.parse_args()
     latencies = Latencies(args.llm_ms / 1000, args.llm_sample_ms / 1000, args.detector_ms / 1000,
                           args.depth_ms / 1000, args.item_ms / 1000)
