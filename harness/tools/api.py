@@ -114,16 +114,21 @@ def split_phrases(phrases: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def check_call(name: str, args: list, kwargs: dict) -> ToolCall:
-    """Bind a program's call to the API and normalise its arguments (ValueError if wrong)."""
-    if name not in API:
+def bind_arguments(signatures: dict[str, inspect.Signature], name: str, args: list, kwargs: dict) -> dict[str, Any]:
+    """A program's call bound to one of ``signatures``, defaults filled in (ValueError naming the tool if wrong)."""
+    if name not in signatures:
         raise ValueError(f"unknown tool {name!r}")
     try:
-        bound = SIGNATURES[name].bind(*args, **kwargs)
+        bound = signatures[name].bind(*args, **kwargs)
     except TypeError as exc:
         raise ValueError(f"{name}(): {exc}") from None
     bound.apply_defaults()
-    values = dict(bound.arguments)
+    return dict(bound.arguments)
+
+
+def check_call(name: str, args: list, kwargs: dict) -> ToolCall:
+    """Bind a program's call to the API and normalise its arguments (ValueError if wrong)."""
+    values = bind_arguments(SIGNATURES, name, args, kwargs)
     if values.pop("image") != IMAGE_MARKER:
         raise ValueError(f"{name}(): the first argument must be the image (pass `image`)")
     if name == "gd_detect":

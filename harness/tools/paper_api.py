@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from harness.protocol import LABEL_FILTERS
 from harness.tools import ToolBackend, ToolContext
+from harness.tools.api import bind_arguments
 from harness.upstream import PaperTexts
 
 PAPER_BOX_THRESHOLD = 0.35
@@ -162,14 +163,7 @@ class PaperToolSession:
         self.label_filter = label_filter
 
     def call(self, name: str, args: list, kwargs: dict) -> Any:
-        if name not in PAPER_API:
-            raise ValueError(f"unknown tool {name!r}")
-        try:
-            bound = _SIGNATURES[name].bind(*args, **kwargs)
-        except TypeError as exc:
-            raise ValueError(f"{name}(): {exc}") from None
-        bound.apply_defaults()
-        values = dict(bound.arguments)
+        values = bind_arguments(_SIGNATURES, name, args, kwargs)
         if values.pop("img_pth") != self.image_path:
             raise ValueError(f"{name}(): the first argument must be img_pth ({self.image_path!r})")
         return getattr(self, f"_{name}")(**values)
