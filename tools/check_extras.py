@@ -173,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only the sets whose name contains TEXT (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the sets and their requirements, resolve nothing")
     parser.add_argument("--jobs", type=int, default=8, help="sets resolved at once (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per set (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds per set; resolving many sets at once on 2 cores is slow (default: %(default)s)")
     parser.add_argument("--allow-offline", action="store_true",
                         help="a set that cannot reach the package index is skipped, not failed")
     parser.add_argument("--pip", default=f"{sys.executable} -m pip",
