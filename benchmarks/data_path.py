@@ -30,47 +30,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from counting import TASK, write_counting_task  # noqa: E402
 from figures import Figure, table  # noqa: E402
 
 NAME = "data_path"
-TASK = "bench_counting"
-TASK_YAML = f"""\
-task: {TASK}
-dataset:
-  path: bench/counting
-  parts:
-    - split: test
-fields:
-  question: question
-  answer: number
-  image: image
-answer_type: integer
-compat: countbench
-"""
 FULL = 100_000
 QUICK = 20_000
 
 
 def build(root: Path, n: int) -> tuple[Path, Path]:
-    """The task's dataset and YAML under ``root``; returns (include folder, data folder)."""
-    import datasets
+    """The task's dataset (one small PNG on every row) and YAML under ``root``; (include folder, data folder)."""
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (120, 30, 200)).save(buffer, "PNG")
-    data = root / "data" / "bench" / "counting" / "data"
-    data.mkdir(parents=True)
-    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                                  "number": datasets.Value("int64")})
-    datasets.Dataset.from_dict({
-        "image": [{"bytes": buffer.getvalue(), "path": None}] * n,
-        "question": [f"How many birds are in photo {i}?" for i in range(n)],
-        "number": [i % 9 for i in range(n)],
-    }, features=features).to_parquet(str(data / "test-00000-of-00001.parquet"))
-    include = root / "include"
-    include.mkdir()
-    (include / f"{TASK}.yaml").write_text(TASK_YAML)
-    return include, root / "data"
+    return write_counting_task(root, n, [buffer.getvalue()])
 
 
 def write_predictions(path: Path, n: int, seed: int) -> Path:

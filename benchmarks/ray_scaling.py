@@ -32,22 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from counting import write_counting_task  # noqa: E402
+
 from harness.systems.base import System
 from harness.types import Prediction, Sample
-
-TASK_YAML = """\
-task: bench_counting
-dataset:
-  path: bench/counting
-  parts:
-    - split: test
-fields:
-  question: question
-  answer: number
-  image: image
-answer_type: integer
-compat: countbench
-"""
 
 SYNTHETIC_YAML = """\
 task: bench_synthetic
@@ -92,13 +81,10 @@ class Model(Echo):
 
 
 def build_dataset(root: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path, int]:
-    import datasets
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    data = root / "data" / "bench" / "counting" / "data"
-    data.mkdir(parents=True)
     images = []
     for i in range(16):  # a few distinct photos-like images (smooth gradient and noise), reused
         y, x = np.mgrid[0:size[1], 0:size[0]]
@@ -108,17 +94,8 @@ def build_dataset(root: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
         images.append(buffer.getvalue())
-    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                                  "number": datasets.Value("int64")})
-    datasets.Dataset.from_dict({
-        "image": [{"bytes": images[i % 16], "path": None} for i in range(n)],
-        "question": [f"How many birds are in photo {i}?" for i in range(n)],
-        "number": [i % 9 for i in range(n)],
-    }, features=features).to_parquet(str(data / "test-00000-of-00001.parquet"))
-    include = root / "include"
-    include.mkdir()
-    (include / "bench_counting.yaml").write_text(TASK_YAML)
-    return include, root / "data", sum(map(len, images)) // len(images)
+    include, data = write_counting_task(root, n, images)
+    return include, data, sum(map(len, images)) // len(images)
 
 
 def measure(system_name: str, task_name: str, n: int, replicas: int | None, include: Path, data: Path) -> dict:
