@@ -15,9 +15,10 @@ from harness.idset import IdSet
 from harness.protocol import HARNESS
 from harness.records import read_records, write_records_atomically
 from harness.results import RUN_FILE, TaskSummary, samples_file, write_json_atomically
+from harness.rundir import RunError, load_run
 from harness.runlock import RunLock
 from harness.runner import score_guarded, summarize_run
-from harness.runstate import RunError, load_run, save_summary
+from harness.runstate import save_summary
 from harness.scoring import JudgeSpec, make_scorer
 
 log = logging.getLogger(__name__)

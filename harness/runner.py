@@ -37,11 +37,9 @@ from harness.results import (
     RESULTS_FILE, RUN_FILE, TaskSummary, build_results, environment, git_hash, now_iso, samples_file,
     summarize_records, write_json_atomically, write_text_atomically,
 )
-from harness.rundir import DEFAULT_MAX_CONSECUTIVE_FAILURES
+from harness.rundir import DEFAULT_MAX_CONSECUTIVE_FAILURES, RunError, load_run
 from harness.runlock import LOCK_FILE, RunLock
-from harness.runstate import (
-    RunError, Resumption, changes_since, load_run, prepare_resume, save_summary, saved_summary,
-)
+from harness.runstate import Resumption, changes_since, prepare_resume, save_summary, saved_summary
 from harness.scoring import JudgeSpec, Scorer, make_scorer
 from harness.stopping import CircuitBreaker, Closer, Interruption, StopRun
 from harness.systems import SystemRegistry

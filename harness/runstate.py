@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from harness.idset import IdSet
 from harness.records import read_records, write_records_atomically
 from harness.results import JUDGE_ERROR, TaskSummary, infrastructure_failure, write_json_atomically
-from harness.rundir import RunError, load_run  # noqa: F401  (the runner's, read from here)
+from harness.rundir import RunError
 from harness.scoring import JudgeSpec
 
 log = logging.getLogger(__name__)
