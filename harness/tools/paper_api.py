@@ -107,7 +107,7 @@ def vqa_region(box: Any, fmt: Any, pad: Any, size: tuple[int, int]) -> tuple[int
             x, y, w, h = map(int, box)
             x1, y1, x2, y2 = x, y, x + w, y + h
         else:
-            raise ValueError("fmt must be 'xyxy' or 'xywh'")
+            raise ValueError(f"box format {fmt!r} is neither xyxy nor xywh")
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"vqa(): cannot read box {box!r} as four integers ({exc})") from None
     x1, x2 = min(x1, x2), max(x1, x2)
